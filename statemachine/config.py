@@ -1,0 +1,198 @@
+"""Configuration: typed, layered, validated before anything runs.
+
+Layers, later wins: built-in defaults < /etc/azprov/azprov.toml < /etc/azprov/azprov.toml.d/*.toml (sorted)
+< `--config FILE`. Each layer is a partial TOML document; keys are merged one by one. An unknown key, a wrong
+type or a bad value raises `ConfigError` naming the key and the file, so the agent never starts
+half-configured (exit 78). `conf/azprov.toml` must equal the defaults here; a test pins that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+from statemachine.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on old Pythons only
+    import tomli as tomllib
+
+SYSTEM_DIR = Path(os.environ.get("AZPROV_CONFIG_DIR", "/etc/azprov"))
+
+
+@dataclasses.dataclass(frozen=True)
+class FabricConfig:
+    wireserver_url: str = "http://168.63.129.16"
+    imds_url: str = "http://169.254.169.254"
+    network_timeout: float = 300.0
+    wireserver_timeout: float = 1200.0
+    imds_timeout: float = 300.0
+    request_timeout: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PathsConfig:
+    state_dir: str = "/var/lib/azprov"
+    root: str = "/"
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityConfig:
+    product_uuid_path: str = "/sys/class/dmi/id/product_uuid"
+    efi_path: str = "/sys/firmware/efi"
+
+
+@dataclasses.dataclass(frozen=True)
+class HostnameConfig:
+    method: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    max_boot_attempts: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    fabric: FabricConfig = dataclasses.field(default_factory=FabricConfig)
+    paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
+    identity: IdentityConfig = dataclasses.field(default_factory=IdentityConfig)
+    hostname: HostnameConfig = dataclasses.field(default_factory=HostnameConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.paths.state_dir)
+
+    def total_budget(self) -> float:
+        """Worst-case seconds a run can take: what the unit's TimeoutStartSec must exceed."""
+        f = self.fabric
+        return f.network_timeout + 2 * f.wireserver_timeout + f.imds_timeout
+
+
+# Value checks beyond the type, keyed by "section.key". Each returns an error message or None.
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(repr(c) for c in choices)}"
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _http_url(v: Any) -> str | None:
+    ok = v.startswith(("http://", "https://")) and len(v) > len("http://") and not v.endswith("/")
+    return None if ok else "must be an http:// or https:// URL without a trailing slash"
+
+
+def _absolute(v: Any) -> str | None:
+    return None if v.startswith("/") else "must be an absolute path"
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "fabric.wireserver_url": _http_url,
+    "fabric.imds_url": _http_url,
+    "fabric.network_timeout": _positive,
+    "fabric.wireserver_timeout": _positive,
+    "fabric.imds_timeout": _positive,
+    "fabric.request_timeout": _positive,
+    "paths.state_dir": _absolute,
+    "paths.root": _absolute,
+    "identity.product_uuid_path": _absolute,
+    "identity.efi_path": _absolute,
+    "hostname.method": _one_of("auto", "hostnamectl", "sethostname", "file"),
+    "log.level": _one_of("debug", "info", "warning", "error"),
+    "agent.max_boot_attempts": _positive,
+}
+
+
+def _check_type(key: str, expected: Any, value: Any, source: str) -> Any:
+    """Coerce what TOML gave us to the field's type, or name the key that is wrong."""
+    if expected in ("float", float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if expected in ("int", int) and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if expected in ("str", str) and isinstance(value, str):
+        return value
+    if expected in ("bool", bool) and isinstance(value, bool):
+        return value
+    if expected in ("list[str]", "tuple[str, ...]") and isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return tuple(value)
+    raise ConfigError("configuration value has the wrong type", key=key, expected=str(expected),
+                      got=type(value).__name__, file=source)
+
+
+def merge(config: Config, layer: Mapping[str, Any], source: str) -> Config:
+    """Apply one parsed TOML document on top of `config`. Pure; raises ConfigError naming the key."""
+    sections: dict[str, Any] = {}
+    for section_name, table in layer.items():
+        section_fields = {f.name: f for f in dataclasses.fields(Config)}
+        if section_name not in section_fields:
+            raise ConfigError("unknown configuration key", key=section_name, file=source)
+        if not isinstance(table, dict):
+            raise ConfigError("configuration section must be a table", key=section_name, file=source)
+        current = getattr(config, section_name)
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        changes: dict[str, Any] = {}
+        for key, value in table.items():
+            dotted = f"{section_name}.{key}"
+            if key not in fields:
+                raise ConfigError("unknown configuration key", key=dotted, file=source)
+            value = _check_type(dotted, fields[key].type, value, source)
+            problem = CHECKS[dotted](value) if dotted in CHECKS else None
+            if problem:
+                raise ConfigError("configuration value is invalid", key=dotted, problem=problem,
+                                  value=value, file=source)
+            changes[key] = value
+        sections[section_name] = dataclasses.replace(current, **changes)
+    return dataclasses.replace(config, **sections)
+
+
+def parse_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError("configuration file not found", file=str(path)) from e
+    except OSError as e:
+        raise ConfigError("configuration file is unreadable", file=str(path), error=e.strerror) from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("configuration file is not valid TOML", file=str(path), error=str(e)) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError("configuration file is not valid UTF-8", file=str(path), error=str(e)) from e
+
+
+def system_layers(system_dir: Path = SYSTEM_DIR) -> list[Path]:
+    """The files that exist among /etc/azprov/azprov.toml and /etc/azprov/azprov.toml.d/*.toml."""
+    main = system_dir / "azprov.toml"
+    drop_in = system_dir / "azprov.toml.d"
+    layers = [main] if main.exists() else []
+    if drop_in.is_dir():
+        layers += sorted(p for p in drop_in.iterdir() if p.suffix == ".toml")
+    return layers
+
+
+def load(paths: Iterable[Path]) -> Config:
+    config = Config()
+    for path in paths:
+        config = merge(config, parse_file(path), str(path))
+    return config
+
+
+def load_layers(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> Config:
+    """Defaults < system file < drop-ins < `--config`."""
+    layers = system_layers(system_dir)
+    if explicit is not None:
+        layers.append(explicit)
+    return load(layers)
