@@ -53,6 +53,11 @@ class HostnameConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConfigureConfig:
+    steps: tuple[str, ...] = ("hostname",)
+
+
+@dataclasses.dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -68,6 +73,7 @@ class Config:
     paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
     identity: IdentityConfig = dataclasses.field(default_factory=IdentityConfig)
     hostname: HostnameConfig = dataclasses.field(default_factory=HostnameConfig)
+    configure: ConfigureConfig = dataclasses.field(default_factory=ConfigureConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
 
@@ -99,6 +105,19 @@ def _absolute(v: Any) -> str | None:
     return None if v.startswith("/") else "must be an absolute path"
 
 
+# The configure steps states/configure/ provides, in the order they make sense to run.
+KNOWN_STEPS = ("hostname",)
+
+
+def _steps(v: Any) -> str | None:
+    unknown = [s for s in v if s not in KNOWN_STEPS]
+    if unknown:
+        return f"unknown step(s) {', '.join(map(repr, unknown))}; known: {', '.join(KNOWN_STEPS)}"
+    if len(set(v)) != len(v):
+        return "lists a step twice"
+    return None
+
+
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "fabric.wireserver_url": _http_url,
     "fabric.imds_url": _http_url,
@@ -111,6 +130,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "identity.product_uuid_path": _absolute,
     "identity.efi_path": _absolute,
     "hostname.method": _one_of("auto", "hostnamectl", "sethostname", "file"),
+    "configure.steps": _steps,
     "log.level": _one_of("debug", "info", "warning", "error"),
     "agent.max_boot_attempts": _positive,
 }

@@ -106,3 +106,8 @@ class Terminated(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"terminated by signal {signum}")
         self.signum = signum
+
+
+class RecoverableError(AgentError):
+    """A configure step could not do all of its work, but the VM is usable: recorded, reported by
+    `--status` (exit 2), and provisioning goes on."""

@@ -1,0 +1,90 @@
+"""What a step is handed: the configuration, the clients that reach the outside world, and the clock.
+
+Clients are built on first use, so a run that has nothing to do never imports `requests` or `lxml`.
+Tests inject fakes (or point the URLs at the loopback fake fabric) instead of patching modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from statemachine.config import Config
+
+
+class WireServerClient(Protocol):
+    def get_goal_state(self) -> bytes: ...
+    def post_health(self, body: bytes) -> None: ...
+
+
+class ImdsClient(Protocol):
+    def get_instance(self) -> bytes: ...
+
+
+def tcp_probe(host: str, port: int, timeout: float) -> bool:
+    """Does something accept a TCP connection there? Cheap: one SYN, closed at once."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What a step achieved: the event to fire (None: progress within the phase) and record updates."""
+
+    event: str | None
+    updates: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Context:
+    config: Config
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    probe: Callable[[str, int, float], bool] = tcp_probe
+    dry_run: bool = False
+    # Set by the runner before each step: the monotonic time at which the current phase's budget ends.
+    deadline: float = float("inf")
+    wireserver: WireServerClient | None = None
+    imds: ImdsClient | None = None
+
+    def __post_init__(self) -> None:
+        self._http: Any = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self.config.paths.root)
+
+    def root_path(self, absolute: str) -> Path:
+        """`/etc/hostname` under `paths.root`: every file azprov changes goes through here."""
+        return self.root / absolute.lstrip("/")
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
+
+    def wire(self) -> WireServerClient:
+        if self.wireserver is None:
+            from statemachine import fabric  # imports requests: only when the fabric is really needed
+
+            self.wireserver = fabric.WireServer(self._get_http(), self.config.fabric.wireserver_url)
+        return self.wireserver
+
+    def metadata(self) -> ImdsClient:
+        if self.imds is None:
+            from statemachine import fabric
+
+            self.imds = fabric.Imds(self._get_http(), self.config.fabric.imds_url)
+        return self.imds
+
+    def _get_http(self) -> Any:
+        if self._http is None:
+            from statemachine import fabric
+
+            self._http = fabric.Http(fabric.new_session(), self.config.fabric.request_timeout)
+        return self._http

@@ -1,0 +1,149 @@
+"""Thin HTTP clients for the WireServer and IMDS: bytes in, bytes out, no parsing, no loops.
+
+The only module that imports `requests`. Every call has a hard overall deadline (a server trickling a
+byte a second cannot hold us past `timeout`), a body-size cap, and proxies disabled (`trust_env = False`:
+both Azure endpoints must bypass any proxy). Failures become `FabricError`, retryable or not by the status
+code tables below; the runner decides what to do with them.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from statemachine import AGENT_NAME, __version__
+from statemachine.errors import FabricError, GoneError
+from statemachine.retry import parse_retry_after
+
+WIRESERVER_VERSION = "2012-11-30"
+MAX_BODY = 4 << 20  # goal states and IMDS documents are a few KiB
+RETRY_CODES = frozenset({408, 429, 500, 502, 503, 504})
+IMDS_RETRY_CODES = RETRY_CODES | {404, 410}  # IMDS answers these while the VM is still being set up
+
+
+def new_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # never a proxy, never ~/.netrc: the fabric is link-local
+    return session
+
+
+class Http:
+    """One request with an overall deadline and a size cap."""
+
+    def __init__(self, session: requests.Session, timeout: float, max_body: int = MAX_BODY) -> None:
+        self.session = session
+        self.timeout = timeout
+        self.max_body = max_body
+
+    def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None,
+                endpoint: str = "") -> tuple[int, Mapping[str, str], bytes]:
+        deadline = time.monotonic() + self.timeout
+        try:
+            resp = self.session.request(method, url, headers=dict(headers), data=body, stream=True,
+                                        timeout=(self.timeout, self.timeout), allow_redirects=False)
+        except requests.RequestException as e:
+            raise FabricError("request to the fabric failed", retryable=True, endpoint=endpoint,
+                              error=type(e).__name__, detail=str(e)[:200]) from e
+        try:
+            data = self._read(resp, deadline, endpoint)
+        finally:
+            resp.close()
+        return resp.status_code, resp.headers, data
+
+    def _read(self, resp: requests.Response, deadline: float, endpoint: str) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        raw: Any = resp.raw
+        reader = getattr(raw, "read1", None) or raw.read  # read1: one recv, so the deadline is checked often
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise FabricError("fabric answer exceeded the per-call deadline", retryable=True,
+                                      endpoint=endpoint, timeout=self.timeout)
+                _set_socket_timeout(raw, remaining)
+                chunk = reader(65536)
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > self.max_body:
+                    raise FabricError("fabric answer is too large", retryable=True, endpoint=endpoint,
+                                      limit=self.max_body)
+                chunks.append(chunk)
+        except (requests.RequestException, OSError, ValueError) as e:
+            raise FabricError("reading the fabric answer failed", retryable=True, endpoint=endpoint,
+                              error=type(e).__name__, detail=str(e)[:200]) from e
+        except Exception as e:  # urllib3's ProtocolError & co. do not share a base with requests'
+            if type(e).__module__.startswith("urllib3"):
+                raise FabricError("reading the fabric answer failed", retryable=True, endpoint=endpoint,
+                                  error=type(e).__name__, detail=str(e)[:200]) from e
+            raise
+
+
+def _set_socket_timeout(raw: Any, remaining: float) -> None:
+    """Shrink the socket's timeout to what is left of the call's deadline, where urllib3 lets us see it."""
+    conn = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    if isinstance(sock, socket.socket):
+        try:
+            sock.settimeout(max(remaining, 0.001))
+        except OSError:
+            pass
+
+
+def check_status(status: int, headers: Mapping[str, str], endpoint: str, retry_codes: frozenset[int]) -> None:
+    if status == 200:
+        return
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    raise FabricError("fabric answered with an error status", retryable=status in retry_codes,
+                      retry_after=retry_after, endpoint=endpoint, status=status)
+
+
+class WireServer:
+    def __init__(self, http: Http, base_url: str) -> None:
+        self.http = http
+        self.base_url = base_url
+        self.headers = {"x-ms-version": WIRESERVER_VERSION, "x-ms-agent-name": AGENT_NAME,
+                        "User-Agent": f"{AGENT_NAME}/{__version__}"}
+
+    def get_goal_state(self) -> bytes:
+        status, headers, body = self.http.request("GET", f"{self.base_url}/machine/?comp=goalstate",
+                                                  self.headers, endpoint="goalstate")
+        check_status(status, headers, "goalstate", RETRY_CODES)
+        return body
+
+    def post_health(self, body: bytes) -> None:
+        headers = {**self.headers, "Content-Type": "text/xml; charset=utf-8"}
+        status, answer_headers, _ = self.http.request("POST", f"{self.base_url}/machine?comp=health", headers,
+                                                      body, endpoint="health")
+        if status == 410:
+            raise GoneError("health report refers to a stale goal state", endpoint="health", status=410)
+        check_status(status, answer_headers, "health", RETRY_CODES)
+
+    def post_provisioning_health(self, body: bytes) -> None:
+        """azure-init's JSON endpoint; the same retry rules as the XML one."""
+        headers = {**self.headers, "Content-Type": "application/json", "x-ms-guest-agent-name": AGENT_NAME}
+        status, answer_headers, _ = self.http.request("POST", f"{self.base_url}/provisioning/health", headers,
+                                                      body, endpoint="provisioning_health")
+        if status == 410:
+            raise GoneError("health report refers to a stale goal state", endpoint="provisioning_health",
+                            status=410)
+        check_status(status, answer_headers, "provisioning_health", RETRY_CODES)
+
+
+class Imds:
+    API_VERSION = "2021-08-01"
+
+    def __init__(self, http: Http, base_url: str) -> None:
+        self.http = http
+        self.base_url = base_url
+
+    def get_instance(self) -> bytes:
+        url = f"{self.base_url}/metadata/instance?api-version={self.API_VERSION}&extended=true"
+        status, headers, body = self.http.request("GET", url, {"Metadata": "true"}, endpoint="imds")
+        check_status(status, headers, "imds", IMDS_RETRY_CODES)
+        return body

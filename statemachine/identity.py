@@ -1,0 +1,33 @@
+"""Which VM is this? The SMBIOS product UUID, normalised the way the platform's `compute.vmId` is.
+
+On Gen1 (BIOS) VMs, Hyper-V exposes the first three UUID fields byte-swapped relative to `vmId`; Gen2
+(UEFI, /sys/firmware/efi present) does not. Old kernels report upper case. Where SMBIOS is absent
+(containers, some hypervisors) we return None and the runner falls back to IMDS `compute.vmId`.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def normalize(raw: str, gen1: bool) -> str | None:
+    """Pure: the vmId for a raw product_uuid, or None when it is not a UUID."""
+    text = raw.strip()
+    if not _UUID.match(text):
+        return None
+    value = uuid.UUID(text)
+    if gen1:
+        value = uuid.UUID(bytes_le=value.bytes)  # swap the first three fields back
+    return str(value).lower()
+
+
+def read_vm_id(product_uuid_path: Path, efi_path: Path) -> str | None:
+    try:
+        raw = product_uuid_path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    return normalize(raw, gen1=not efi_path.exists())

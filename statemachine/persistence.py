@@ -1,0 +1,224 @@
+"""The persisted record: what a later boot needs to resume, and what `azprov --status` shows.
+
+Owns the JSON schema, the atomic save (temp file in the same directory, fsync, rename, fsync the directory)
+and a defensive load. It never decides what a record means for the run: that is the runner's job.
+A record that cannot be trusted (not JSON, unknown schema, wrong types, a symlink, someone else's file)
+raises `StateFileError`; `quarantine()` moves it aside as `*.corrupt-<time>` so provisioning can start fresh
+and the evidence survives for support.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from statemachine.errors import StateFileError
+from statemachine.failpoints import failpoint
+from statemachine.phase import Phase
+
+SCHEMA = 1
+STATE_FILE = "state.json"
+LOCK_FILE = "lock"
+MAX_RECORD_BYTES = 1 << 20  # a record is a few KiB; anything near this is not ours
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    state: Phase = Phase.NETWORK_WAIT
+    vm_id: str | None = None
+    vm_id_source: str | None = None  # "smbios" or "imds"
+    incarnation: str | None = None
+    container_id: str | None = None
+    instance_id: str | None = None
+    boot_attempts: int = 1  # runs that (re)started provisioning from NETWORK_WAIT
+    attempts: int = 0  # retries in the current phase
+    reported_ready_at: str | None = None
+    failure_reported_at: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+    history: tuple[dict[str, Any], ...] = ()
+    last_error: dict[str, Any] | None = None
+    recoverable_errors: tuple[dict[str, Any], ...] = ()
+    steps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+# JSON type each field must have (after None where the default is None).
+_TYPES: dict[str, tuple[type, ...]] = {
+    "state": (str,),
+    "vm_id": (str,),
+    "vm_id_source": (str,),
+    "incarnation": (str,),
+    "container_id": (str,),
+    "instance_id": (str,),
+    "boot_attempts": (int,),
+    "attempts": (int,),
+    "reported_ready_at": (str,),
+    "failure_reported_at": (str,),
+    "created_at": (str,),
+    "updated_at": (str,),
+    "history": (list,),
+    "last_error": (dict,),
+    "recoverable_errors": (list,),
+    "steps": (dict,),
+}
+
+
+def to_json(record: Record) -> dict[str, Any]:
+    data = dataclasses.asdict(record)
+    data["state"] = record.state.value
+    data["history"] = list(record.history)
+    data["recoverable_errors"] = list(record.recoverable_errors)
+    return {"schema": SCHEMA, **data}
+
+
+def from_json(data: Any) -> Record:
+    """Validate a decoded document into a Record. Pure; raises only StateFileError."""
+    if not isinstance(data, dict):
+        raise StateFileError("state record is not a JSON object", got=type(data).__name__)
+    if data.get("schema") != SCHEMA:
+        raise StateFileError("state record has an unknown schema", schema=data.get("schema"), expected=SCHEMA)
+    values: dict[str, Any] = {}
+    for name, types in _TYPES.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if value is None and name not in ("state", "boot_attempts", "attempts", "history", "steps",
+                                          "recoverable_errors"):
+            values[name] = None
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise StateFileError("state record field has the wrong type", field=name, got=type(value).__name__)
+        values[name] = value
+    try:
+        values["state"] = Phase(values.get("state", Phase.NETWORK_WAIT.value))
+    except ValueError as e:
+        raise StateFileError("state record names an unknown state", state=values.get("state")) from e
+    for name in ("history", "recoverable_errors"):
+        items = values.get(name, [])
+        if not all(isinstance(i, dict) for i in items):
+            raise StateFileError("state record field has the wrong type", field=name, got="list of non-objects")
+        values[name] = tuple(items)
+    if any(n < 0 for n in (values.get("attempts", 0), values.get("boot_attempts", 1))):
+        raise StateFileError("state record has a negative counter")
+    if not all(isinstance(v, dict) for v in values.get("steps", {}).values()):
+        raise StateFileError("state record field has the wrong type", field="steps", got="non-object step")
+    return Record(**values)
+
+
+def ensure_state_dir(state_dir: Path) -> None:
+    """Create the directory 0700, and refuse one we do not own or that others may write to."""
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(state_dir)
+    except OSError as e:
+        raise StateFileError("state directory cannot be created", path=str(state_dir), error=e.strerror) from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateFileError("state directory is not a directory", path=str(state_dir))
+    if st.st_uid != os.geteuid():
+        raise StateFileError("state directory is owned by another user", path=str(state_dir), uid=st.st_uid)
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(state_dir, 0o700)  # ours, but too open: tighten rather than refuse
+        except OSError as e:
+            raise StateFileError("state directory mode cannot be fixed", path=str(state_dir),
+                                 error=e.strerror) from e
+
+
+def read_bytes(path: Path) -> bytes | None:
+    """The record's raw bytes, or None when there is none. Never follows a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StateFileError("state record is a symlink; refusing to follow it", path=str(path)) from e
+        raise StateFileError("state record is unreadable", path=str(path), error=e.strerror) from e
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StateFileError("state record is not a regular file", path=str(path))
+        if st.st_uid != os.geteuid():
+            raise StateFileError("state record is owned by another user", path=str(path), uid=st.st_uid)
+        if st.st_mode & 0o022:
+            raise StateFileError("state record is writable by others", path=str(path),
+                                 mode=oct(st.st_mode & 0o777))
+        data = os.read(fd, MAX_RECORD_BYTES + 1)
+    except OSError as e:
+        raise StateFileError("state record is unreadable", path=str(path), error=e.strerror) from e
+    finally:
+        os.close(fd)
+    if len(data) > MAX_RECORD_BYTES:
+        raise StateFileError("state record is too large", path=str(path), limit=MAX_RECORD_BYTES)
+    return data
+
+
+def load(path: Path) -> Record | None:
+    data = read_bytes(path)
+    if data is None:
+        return None
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StateFileError("state record is not valid JSON", path=str(path), error=str(e)) from e
+    return from_json(document)
+
+
+def save(path: Path, record: Record) -> None:
+    text = json.dumps(to_json(record), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    failpoint("persist.before_write")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise StateFileError("state record cannot be written", path=str(path), error=e.strerror) from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        failpoint("persist.before_rename")
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise StateFileError("state record cannot be written", path=str(path), error=e.strerror) from e
+        raise
+    failpoint("persist.after_rename")
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dirfd)  # make the rename itself durable across a power cut
+    except OSError:
+        pass
+    finally:
+        os.close(dirfd)
+
+
+def set_aside(path: Path, suffix: str) -> Path | None:
+    """Rename the record (or a symlink in its place, without following it) to `<name>.<suffix>`."""
+    target = path.with_name(f"{path.name}.{suffix}")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateFileError("state record cannot be moved aside", path=str(path), error=e.strerror) from e
+    _fsync_dir(path.parent)
+    return target
+
+
+def quarantine(path: Path) -> Path | None:
+    return set_aside(path, "corrupt-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))

@@ -1,0 +1,46 @@
+"""The one retry policy: jittered exponential backoff with a cap, bounded by a per-phase time budget.
+
+Steps never sleep or loop; they raise a retryable `AgentError` and the runner asks this module how long to
+wait. Fast when the fabric comes back (the first retries are a tenth of a second apart), gentle on a
+struggling one (the cap), and never slower than a `Retry-After` the server asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Callable
+
+# Never wait longer than this for one Retry-After: a broken header must not eat the whole budget.
+MAX_RETRY_AFTER = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    initial: float = 0.1
+    multiplier: float = 2.0
+    cap: float = 10.0
+
+    def delay(self, attempt: int, retry_after: float | None = None,
+              rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number `attempt` (1-based). Pure but for `rand`."""
+        if retry_after is not None and retry_after >= 0:
+            return min(retry_after, MAX_RETRY_AFTER)  # honour it exactly: no slower, no sooner
+        ceiling = min(self.cap, self.initial * self.multiplier ** max(attempt - 1, 0))
+        # "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
+        return ceiling / 2 + rand() * ceiling / 2
+
+
+WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)
+IMDS = RetryPolicy(initial=0.1, multiplier=2.0, cap=5.0)  # IMDS allows about 5 requests/s
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds only; HTTP dates are not sent by the fabric)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

@@ -1,0 +1,210 @@
+"""The runner: decide where to start, then loop step → trigger → persist until a terminal phase.
+
+It owns the one retry policy (steps raise retryable errors, the runner waits and calls again until the
+phase's budget is spent), the failure path (report ProvisioningFailed, then `fail`), and persistence after
+every transition and every retry. It receives the steps table and the failure reporter as arguments, so
+`statemachine` never imports `states`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+from statemachine import persistence, retry
+from statemachine.context import Context, Outcome
+from statemachine.errors import AgentError, BudgetExhausted, StateFileError, Terminated
+from statemachine.failpoints import failpoint
+from statemachine.log import fields
+from statemachine.machine import TERMINAL, Agent, Phase, build_machine
+from statemachine.persistence import Record
+from statemachine.timeutil import parse_utc, utc_now
+
+log = logging.getLogger("azprov")
+
+Step = Callable[[Context, Record], Outcome]
+FailureReporter = Callable[[Context, Record, AgentError], bool]
+
+BUDGET_KEY = {
+    Phase.NETWORK_WAIT: "network_timeout",
+    Phase.GOALSTATE: "wireserver_timeout",
+    Phase.REPORTING: "wireserver_timeout",
+    Phase.CONFIGURING: "imds_timeout",
+}
+POLICY = {
+    Phase.NETWORK_WAIT: retry.WIRESERVER,
+    Phase.GOALSTATE: retry.WIRESERVER,
+    Phase.REPORTING: retry.WIRESERVER,
+    Phase.CONFIGURING: retry.IMDS,
+}
+FAILURE_REPORT_TRIES = 3
+FAILURE_REPORT_BUDGET = 30.0
+
+
+# ---- where to start (pure) -------------------------------------------------------------------------------
+
+def fresh_record(vm_id: str | None, now: str) -> Record:
+    return Record(vm_id=vm_id, vm_id_source="smbios" if vm_id else None, created_at=now, updated_at=now,
+                  history=({"state": Phase.NETWORK_WAIT.value, "at": now, "event": "start"},))
+
+
+def plan_start(record: Record | None, vm_id: str | None, max_boot_attempts: int, now: str) -> tuple[str, Record]:
+    """What this run does with the record it found: fresh, new_vm, done, give_up, retry_failed or resume."""
+    if record is None:
+        return "fresh", fresh_record(vm_id, now)
+    if vm_id is not None and record.vm_id is not None and record.vm_id != vm_id:
+        return "new_vm", fresh_record(vm_id, now)
+    if record.vm_id is None and vm_id is not None:
+        record = dataclasses.replace(record, vm_id=vm_id, vm_id_source="smbios")
+    if record.state is Phase.DONE:
+        return "done", record
+    if record.state is Phase.FAILED:
+        if record.boot_attempts >= max_boot_attempts:
+            return "give_up", record
+        entry = {"state": Phase.NETWORK_WAIT.value, "at": now, "event": "retry_after_failure"}
+        return "retry_failed", dataclasses.replace(
+            record, state=Phase.NETWORK_WAIT, boot_attempts=record.boot_attempts + 1, attempts=0,
+            failure_reported_at=None, history=(*record.history, entry))
+    return "resume", record
+
+
+def with_transition(record: Record, state: Phase, event: str, now: str) -> Record:
+    """Append a history entry, closing the previous one with its duration."""
+    history = list(record.history)
+    if history:
+        last = dict(history[-1])
+        try:
+            last["duration_s"] = round((parse_utc(now) - parse_utc(str(last["at"]))).total_seconds(), 3)
+        except (KeyError, ValueError):
+            pass
+        history[-1] = last
+    history.append({"state": state.value, "at": now, "event": event})
+    return dataclasses.replace(record, state=state, attempts=0, history=tuple(history), updated_at=now)
+
+
+def error_entry(error: AgentError, phase: Phase) -> dict[str, Any]:
+    return {**error.as_dict(), "state": phase.value, "at": utc_now()}
+
+
+# ---- persistence that degrades instead of losing the Ready ---------------------------------------------
+
+class Store:
+    """Saves the record; when the disk refuses (read-only, full), carries on in memory and says so once:
+    reporting Ready matters more than remembering that we did."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.failed: StateFileError | None = None
+
+    def save(self, record: Record) -> None:
+        try:
+            persistence.save(self.path, record)
+        except StateFileError as e:
+            if self.failed is None:
+                log.error("state record cannot be saved; continuing without persistence",
+                          extra=fields(reason=str(e)))
+            self.failed = e
+
+
+# ---- the loop ----------------------------------------------------------------------------------------------
+
+class Runner:
+    def __init__(self, ctx: Context, steps: Mapping[Phase, Step], store: Store,
+                 report_failure: FailureReporter) -> None:
+        self.ctx = ctx
+        self.steps = steps
+        self.store = store
+        self.report_failure = report_failure
+        self.record = Record()
+        self.agent = Agent()
+        self._event = "start"
+        self._phase_started: dict[Phase, float] = {}
+
+    def _on_change(self) -> None:
+        self.record = with_transition(self.record, self.agent.state, self._event, utc_now())
+        self.store.save(self.record)
+        log.info("state changed", extra=fields(state=self.agent.state.value, event=self._event))
+
+    def _fire(self, event: str) -> None:
+        self._event = event
+        self.agent.trigger(event)
+
+    def drive(self, record: Record) -> Record:
+        self.record = record
+        build_machine(self.agent, record.state, on_change=self._on_change)
+        try:
+            while self.agent.state not in TERMINAL:
+                self._turn(self.agent.state)
+        except Terminated as t:
+            self.record = dataclasses.replace(self.record, last_error={
+                "reason": "terminated by a signal before provisioning finished",
+                "data": {"signal": t.signum}, "state": self.agent.state.value, "at": utc_now()})
+            self.store.save(self.record)
+            log.warning("terminated; the next run resumes here", extra=fields(state=self.agent.state.value))
+            raise
+        return self.record
+
+    def _turn(self, phase: Phase) -> None:
+        ctx = self.ctx
+        started = self._phase_started.setdefault(phase, ctx.clock())
+        budget = float(getattr(ctx.config.fabric, BUDGET_KEY[phase]))
+        ctx.deadline = started + budget
+        failpoint(f"{phase.value}.before_work")
+        try:
+            outcome = self.steps[phase](ctx, self.record)
+        except AgentError as e:
+            self._after_error(phase, e, budget)
+            return
+        except Exception as e:  # a bug: fail loudly, but still tell the platform
+            log.exception("unexpected error in a step")
+            self._fail(phase, AgentError("unexpected internal error", error=type(e).__name__,
+                                         detail=str(e)[:200]))
+            return
+        failpoint(f"{phase.value}.after_work")
+        self.record = dataclasses.replace(self.record, **outcome.updates)
+        if outcome.event is None:  # progress inside the phase (one configure step done)
+            self.record = dataclasses.replace(self.record, attempts=0, updated_at=utc_now())
+            self.store.save(self.record)
+            return
+        self._fire(outcome.event)
+
+    def _after_error(self, phase: Phase, e: AgentError, budget: float) -> None:
+        ctx = self.ctx
+        attempts = self.record.attempts + 1
+        self.record = dataclasses.replace(self.record, attempts=attempts, last_error=error_entry(e, phase),
+                                          updated_at=utc_now())
+        delay = POLICY[phase].delay(attempts, getattr(e, "retry_after", None))
+        if e.retryable and ctx.clock() + delay < ctx.deadline:
+            log.warning("step failed; retrying", extra=fields(state=phase.value, reason=str(e),
+                                                               attempt=attempts, delay_s=round(delay, 3)))
+            self.store.save(self.record)
+            ctx.sleep(delay)
+            return
+        if e.retryable:
+            e = BudgetExhausted(f"{phase.value} did not succeed within its time budget",
+                                budget_s=budget, budget_key=f"fabric.{BUDGET_KEY[phase]}",
+                                attempts=attempts, last_reason=e.reason,
+                                **{f"last_{k}": v for k, v in e.supporting_data.items()})
+        self._fail(phase, e)
+
+    def _fail(self, phase: Phase, e: AgentError) -> None:
+        log.error("provisioning failed", extra=fields(state=phase.value, reason=str(e)))
+        self.record = dataclasses.replace(self.record, last_error=error_entry(e, phase))
+        if phase is not Phase.NETWORK_WAIT and self._report(e):  # unreachable fabric: nobody to tell
+            self.record = dataclasses.replace(self.record, failure_reported_at=utc_now())
+        self._fire("fail")
+
+    def _report(self, e: AgentError) -> bool:
+        ctx = self.ctx
+        ctx.deadline = ctx.clock() + FAILURE_REPORT_BUDGET
+        for attempt in range(1, FAILURE_REPORT_TRIES + 1):
+            if self.report_failure(ctx, self.record, e):
+                return True
+            delay = retry.WIRESERVER.delay(attempt)
+            if attempt == FAILURE_REPORT_TRIES or ctx.clock() + delay >= ctx.deadline:
+                break
+            ctx.sleep(delay)
+        return False

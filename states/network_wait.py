@@ -1,0 +1,71 @@
+"""NETWORK_WAIT: wait until the WireServer accepts a TCP connection, so the unit needs no
+network-online.target and the Ready follows within milliseconds of the fabric becoming reachable.
+
+Polling is fast and cheap (a refused or unroutable connect fails at once; a dropped SYN is bounded by a
+one-second connect timeout). Meanwhile a background thread imports requests and lxml, so the interpreter
+work overlaps with DHCP instead of following it. This step loops by itself rather than through the runner's
+retry policy: a probe is not a failed attempt worth persisting, and a record written fifty times a second
+for five minutes would only wear the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from urllib.parse import urlsplit
+
+from statemachine.context import Context, Outcome
+from statemachine.errors import BudgetExhausted, ConfigError
+from statemachine.log import fields
+from statemachine.persistence import Record
+
+log = logging.getLogger(__name__)
+
+FIRST_POLL = 0.005
+MAX_POLL = 0.02
+CONNECT_TIMEOUT = 1.0
+
+
+def target(url: str) -> tuple[str, int]:
+    """Pure: host and port of the WireServer URL."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError("configuration value is invalid", key="fabric.wireserver_url", problem=str(e)) from e
+    if not parts.hostname:
+        raise ConfigError("configuration value is invalid", key="fabric.wireserver_url", problem="no host")
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def poll_delay(attempt: int) -> float:
+    return min(MAX_POLL, FIRST_POLL * 1.5**attempt)
+
+
+def _warm_imports() -> None:
+    try:
+        import lxml.etree  # noqa: F401
+        import requests  # noqa: F401
+    except Exception:  # pragma: no cover - the real import later reports any problem
+        pass
+
+
+def step(ctx: Context, record: Record) -> Outcome:
+    host, port = target(ctx.config.fabric.wireserver_url)
+    threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+    started = ctx.clock()
+    attempt = 0
+    while True:
+        remaining = ctx.remaining()
+        if ctx.probe(host, port, max(min(CONNECT_TIMEOUT, remaining), 0.01)):
+            log.info("WireServer reachable", extra=fields(address=f"{host}:{port}", polls=attempt + 1,
+                                                          waited_s=round(ctx.clock() - started, 3)))
+            return Outcome("network_up")
+        if attempt == 0:
+            log.info("waiting for the WireServer to accept connections", extra=fields(address=f"{host}:{port}"))
+        remaining = ctx.remaining()
+        if remaining <= 0:
+            raise BudgetExhausted("WireServer did not accept a connection within fabric.network_timeout",
+                                  address=f"{host}:{port}", budget_s=ctx.config.fabric.network_timeout)
+        ctx.sleep(min(poll_delay(attempt), remaining))
+        attempt += 1
