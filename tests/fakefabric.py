@@ -246,10 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
         answer = fake.next_answer(route) or {}
         delay = float(answer.get("delay", 0))
         action = answer.get("action")
-        if action == "hang":
-            fake._stop.wait(delay or None)
+        if action == "hang":  # logged on arrival, so a test can act while the request is held
             entry.update(status=None, action="hang")
             fake.record(entry)
+            fake._stop.wait(delay or None)
             return self._drop(rst=False)
         if delay and action != "slow":
             fake._stop.wait(delay)
