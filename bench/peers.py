@@ -110,6 +110,12 @@ def _base_python() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
 
 
+def current(python: Path) -> Environments:
+    """The running venv's azprov (editable or not), no peers: quick enough for the smoke test."""
+    return Environments(python, python.parent / "azprov", Path("/nonexistent"), Path("/nonexistent"),
+                        Path("/nonexistent"), {"python": sys.version.split()[0]})
+
+
 def prepare(cache: Path, with_peers: bool = True) -> Environments:
     cache.mkdir(parents=True, exist_ok=True)
     base = _base_python()
