@@ -148,9 +148,9 @@ def child_env() -> dict[str, str]:
 
 # ---- one measured run --------------------------------------------------------------------------------------
 
-def spawn_and_wait(argv: list[str], cap_s: float, log_path: Path) -> tuple[float, float, int, int, bool]:
+def spawn_and_wait(argv: list[str], cap_s: float, log_path: Path) -> tuple[float, float, int, int, bool, float]:
     """Spawn, wait with os.wait4 (this child's own rusage), kill at the cap.
-    Returns (spawn time, exit time, exit status, peak RSS KiB, killed)."""
+    Returns (spawn time, exit time, exit status, peak RSS KiB, killed, CPU seconds user+system)."""
     killed = threading.Event()
     with open(log_path, "wb") as out:
         t0 = time.monotonic()
@@ -170,7 +170,7 @@ def spawn_and_wait(argv: list[str], cap_s: float, log_path: Path) -> tuple[float
         t_exit = time.monotonic()
         timer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen from waiting again
-    return t0, t_exit, proc.returncode, int(usage.ru_maxrss), killed.is_set()
+    return t0, t_exit, proc.returncode, int(usage.ru_maxrss), killed.is_set(), usage.ru_utime + usage.ru_stime
 
 
 @contextmanager
@@ -208,7 +208,7 @@ def measure(scenario: Scenario, agent: str, run: int, envs: peers.Environments, 
         else:
             work = make_workdir(base, agent, fab.url)
         argv = argv_for(agent, envs, fab.url, work)
-        t0, t_exit, code, rss, killed = spawn_and_wait(argv, scenario.cap_s, work.path / "output.log")
+        t0, t_exit, code, rss, killed, cpu = spawn_and_wait(argv, scenario.cap_s, work.path / "output.log")
         time.sleep(0.01)  # let the fake's handler thread finish logging the last answer
         readies = fab.ready_reports()
         routes: dict[str, int] = {}
@@ -217,7 +217,7 @@ def measure(scenario: Scenario, agent: str, run: int, envs: peers.Environments, 
     ready_t = float(readies[0].get("t_answer", readies[0]["t"])) if readies else None
     result: dict[str, Any] = {
         "scenario": scenario.key, "agent": agent, "run": run, "exit": code, "killed_at_cap": killed,
-        "wall_s": round(t_exit - t0, 4), "rss_kib": rss,
+        "wall_s": round(t_exit - t0, 4), "cpu_s": round(cpu, 4), "rss_kib": rss,
         "ready_s": round(ready_t - t0, 4) if ready_t is not None else None,
         "ready_count": len(readies), "requests": routes,
     }
@@ -237,7 +237,7 @@ def provisioned_workdir(base: Path, envs: peers.Environments, cache: dict[str, P
     """P4: a workdir whose record is DONE. Provisioned once (untimed); later runs only read it."""
     if "azprov" not in cache:
         work = make_workdir(base, "azprov", url)
-        t0, _, code, _, _ = spawn_and_wait(argv_for("azprov", envs, url, work), 30.0, work.path / "setup.log")
+        t0, _, code, _, _, _ = spawn_and_wait(argv_for("azprov", envs, url, work), 30.0, work.path / "setup.log")
         if code != 0:
             raise RuntimeError(f"P4 setup run failed: {(work.path / 'setup.log').read_text()[-800:]}")
         cache["azprov"] = work.path
@@ -259,7 +259,7 @@ def summarise(results: list[dict[str, Any]], scenario: Scenario) -> dict[str, di
     for agent in scenario.agents:
         rows = [r for r in results if r["agent"] == agent]
         metrics = {m: summary([r[m] for r in rows if r.get(m) is not None])
-                   for m in ("ready_s", "after_listen_s", "wall_s", "rss_kib")}
+                   for m in ("ready_s", "after_listen_s", "wall_s", "cpu_s", "rss_kib")}
         out[agent] = {**metrics, "runs": len(rows), "ready_runs": sum(1 for r in rows if r["ready_count"]),
                       "exit_codes": sorted({r["exit"] for r in rows}), "killed": sum(r["killed_at_cap"] for r in rows)}
     return out
@@ -273,19 +273,21 @@ def render_table(scenario: Scenario, stats: dict[str, dict[str, Any]]) -> list[s
     metric = scenario.metric
     ours = (stats.get("azprov", {}).get(metric) or {}).get("median")
     lines = [f"### {scenario.key}: {scenario.title}", "", f"Target: {scenario.target}. Metric: `{metric}` (ms).", "",
-             "| agent | median | min | max | Ready in | exit | azprov ÷ agent | wall median | peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "| agent | median | min | max | Ready in | exit | azprov ÷ agent | wall median | CPU median "
+             "| peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for agent in scenario.agents:
         s = stats[agent]
         m = s.get(metric)
         ratio = f"{ours / m['median']:.3g}" if ours is not None and m and m["median"] and agent != "azprov" else ""
         wall = (s.get("wall_s") or {}).get("median")
+        cpu = (s.get("cpu_s") or {}).get("median")
         rss = (s.get("rss_kib") or {}).get("median")
         ready = "n/a" if agent in FLOORS else f"{s['ready_runs']}/{s['runs']}"
         killed = f", {s['killed']} killed at {scenario.cap_s:.0f} s" if s["killed"] else ""
         cells = [ms(m[k]) if m else "—" for k in ("median", "min", "max")]
         lines.append(f"| {agent} | {' | '.join(cells)} | {ready} | {s['exit_codes']}{killed} | {ratio} | "
-                     f"{ms(wall)} | {rss / 1024 if rss else 0:.1f} |")
+                     f"{ms(wall)} | {ms(cpu)} | {rss / 1024 if rss else 0:.1f} |")
     return lines
 
 
@@ -308,10 +310,37 @@ def render(out_dir: Path) -> str:
         lines += render_table(scenario, raw["summary"]) + [""]
     if "P2" in raws:
         lines += render_p5(raws["P2"]["summary"]) + [""]
-    extra = out_dir / "importtime.md"
-    if extra.exists():
-        lines += [extra.read_text()]
+    lines += render_before_after(out_dir)
+    import importtime  # here, not at the top: importtime imports this module
+
+    lines += importtime.render(out_dir / "raw")
     return "\n".join(lines) + "\n"
+
+
+def render_before_after(out_dir: Path) -> list[str]:
+    """azprov's own figures from bench/before/raw (the tree before the speed work) next to the current ones."""
+    before_dir = out_dir / "before" / "raw"
+    if not before_dir.is_dir():
+        return []
+    lines = ["## azprov before and after the speed work", "",
+             "`bench/before/` holds a run of the same harness on the tree before the speed commits (azprov and "
+             "the reference floors only). Medians in ms (peak RSS in MiB).", "",
+             "| scenario | metric | agent | before | after |", "|---|---|---|---:|---:|"]
+    for path in sorted(before_dir.glob("P*.json")):
+        after_path = out_dir / "raw" / path.name
+        if not after_path.exists():
+            continue
+        before, after = json.loads(path.read_text()), json.loads(after_path.read_text())
+        scenario = SCENARIOS[path.stem]
+        for agent in before["summary"]:
+            for metric in dict.fromkeys((scenario.metric, "wall_s", "cpu_s", "rss_kib")):
+                b = (before["summary"][agent].get(metric) or {}).get("median")
+                a = ((after["summary"].get(agent) or {}).get(metric) or {}).get("median")
+                if b is None or a is None:
+                    continue
+                fmt = (lambda v: f"{v / 1024:.1f}") if metric == "rss_kib" else ms
+                lines.append(f"| {path.stem} | {metric} | {agent} | {fmt(b)} | {fmt(a)} |")
+    return lines + [""]
 
 
 def render_p5(stats: dict[str, dict[str, Any]]) -> list[str]:
