@@ -10,6 +10,7 @@ exits without importing transitions, requests or lxml.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -66,7 +67,7 @@ def status(state_file: Path, as_json: bool, wait: bool) -> int:
 
     try:
         while wait and not st.is_settled(state_file):
-            time.sleep(0.2)
+            sleep(0.2)
         text, code = st.show(state_file, as_json)
     except StateFileError as e:
         if as_json:
@@ -76,6 +77,16 @@ def status(state_file: Path, as_json: bool, wait: bool) -> int:
         return 1
     print(text)
     return code
+
+
+def sleep(seconds: float) -> None:
+    """Every wait of a run goes through here. The launcher starts with the garbage collector off (imports
+    make ~50 collections that free nothing); the first wait means the run may be long, so freeze what exists
+    (the imported modules: never garbage) and collect normally from then on."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+    time.sleep(seconds)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -145,7 +156,7 @@ def _drive(cfg: config.Config, state_file: Path, record: persistence.Record) -> 
              Phase.REPORTING: reporting.step, Phase.CONFIGURING: configuring.step}
     store = Store(state_file)
     store.save(record)
-    final = Runner(Context(cfg), steps, store, reporting.report_failure).drive(record)
+    final = Runner(Context(cfg, sleep=sleep), steps, store, reporting.report_failure).drive(record)
     if final.state is Phase.DONE:
         log.info("provisioning finished", extra=fields(state="done", recoverable_errors=len(final.recoverable_errors)))
         return 0
