@@ -59,7 +59,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_file = cfg.state_dir / persistence.STATE_FILE
     if args.status:
         return status(state_file, args.json, args.wait)
-    return run(cfg, state_file)
+    code = run(cfg, state_file)
+    if code == 0:
+        remember_done(cfg, args.config, state_file)
+    return code
+
+
+def remember_done(cfg: config.Config, explicit: Path | None, state_file: Path) -> None:
+    """Stamp a DONE record for the next boot's fast path (statemachine/fastpath.py)."""
+    from statemachine import fastpath
+    from statemachine.phase import Phase
+
+    try:
+        record = persistence.load(state_file)
+    except StateFileError:
+        return
+    if record is None or record.state is not Phase.DONE or record.vm_id is None:
+        return
+    layers = [str(p) for p in config.system_layers()] + ([str(explicit)] if explicit is not None else [])
+    fastpath.remember(layers, str(state_file.parent), cfg.identity.product_uuid_path, cfg.identity.efi_path,
+                      record.vm_id, cfg.log.level)
 
 
 def status(state_file: Path, as_json: bool, wait: bool) -> int:
