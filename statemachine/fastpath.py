@@ -5,21 +5,26 @@ needs config (dataclasses → inspect), logging, pathlib and argparse to say so:
 own start-up. So whenever a run ends DONE, `remember()` writes a stamp next to the record with everything
 that answer rested on: the exact text of every config layer that was validated, the raw SMBIOS UUID and the
 EFI marker as read, and the record file's identity (inode, size, mtime). `already_done()` runs before anything
-heavy is imported (stdlib `os`, `json`, and `tomllib` only to find the state dir) and says yes only when all of
-that is unchanged. Any difference, any error, any other argument: it says no and the full CLI decides,
-so it can only ever skip what the full path would skip too. It never writes, never locks, never logs through
-`logging`: its one line is formatted the way `statemachine.log` formats it.
+heavy is imported and says yes only when all of that is unchanged. It imports nothing beyond `os` and `sys`
+(`re`, `json`, `tomllib`, `typing` would each add a third of the interpreter's start): the stamp is compared
+as text (`repr` of the observations), and the state dir is read from the layers by a line scan that hands
+anything unusual to tomllib. A wrong guess there can only miss: a stamp matches only layers of identical
+text, and the full run that wrote it found its state dir from that same text. Any difference, any error,
+any other argument: it says no and the full CLI decides, so it only ever skips what the full path would skip.
+It never writes, never locks, never logs through `logging`: its one line is formatted like `statemachine.log`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-STAMP_FILE = "done-stamp.json"  # in paths.state_dir, next to the record
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing/collections.abc at run time costs ~5 ms
+    from collections.abc import Sequence
+    from typing import Any
+
+STAMP_FILE = "done-stamp"  # in paths.state_dir, next to the record: 4 lines, then repr(observations())
 STAMP_SCHEMA = 1
 STATE_FILE = "state.json"  # = persistence.STATE_FILE (a test keeps them equal; importing it costs dataclasses)
 DEFAULT_STATE_DIR = "/var/lib/azprov"  # = config.PathsConfig.state_dir (same test)
@@ -60,8 +65,45 @@ def read_layers(paths: Sequence[str]) -> list[list[str]]:
     return layers
 
 
+def simple_state_dir(text: str) -> tuple[bool, str | None]:
+    """(understood, value) of paths.state_dir in one TOML layer, for the plain `[paths]` / `state_dir = "..."`
+    shape. Anything else that mentions state_dir (dotted keys, inline tables, escapes) is not understood."""
+    table = ""
+    value = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            table = line.split("]", 1)[0].lstrip("[").strip()
+            continue
+        if "state_dir" not in line:
+            continue
+        key, _, rest = line.partition("=")
+        rest = rest.strip()
+        end = rest.find('"', 1)
+        if table != "paths" or key.strip() != "state_dir" or not rest.startswith('"') or end < 0:
+            return False, None
+        tail = rest[end + 1:].strip()
+        if "\\" in rest[:end] or (tail and not tail.startswith("#")):
+            return False, None
+        value = rest[1:end]
+    return True, value
+
+
 def state_dir_of(layers: Sequence[Sequence[str]]) -> str:
     """paths.state_dir after merging the layers (later wins), or the default."""
+    state_dir = DEFAULT_STATE_DIR
+    for _, text in layers:
+        understood, value = simple_state_dir(text)
+        if not understood:
+            return state_dir_by_tomllib(layers)
+        if value is not None:
+            state_dir = value
+    return state_dir
+
+
+def state_dir_by_tomllib(layers: Sequence[Sequence[str]]) -> str:
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -89,9 +131,9 @@ def record_identity(state_dir: str) -> list[int]:
 
 def observations(layers: list[list[str]], state_dir: str, product_uuid_path: str, efi_path: str) -> dict[str, Any]:
     """What a DONE answer rests on; the stamp stores it and the fast path compares it."""
-    return {"schema": STAMP_SCHEMA, "layers": layers, "record": record_identity(state_dir),
-            "product_uuid_path": product_uuid_path, "product_uuid": read_text(product_uuid_path),
-            "efi_path": efi_path, "efi": os.path.exists(efi_path)}
+    return {"schema": STAMP_SCHEMA, "python": sys.hexversion, "layers": layers,
+            "record": record_identity(state_dir), "product_uuid_path": product_uuid_path,
+            "product_uuid": read_text(product_uuid_path), "efi_path": efi_path, "efi": os.path.exists(efi_path)}
 
 
 def already_done(argv: Sequence[str]) -> bool:
@@ -103,11 +145,9 @@ def already_done(argv: Sequence[str]) -> bool:
         layers = read_layers(layer_paths(explicit))
         state_dir = state_dir_of(layers)
         with open(os.path.join(state_dir, STAMP_FILE), encoding="utf-8") as f:
-            stamp = json.load(f)
-        seen = observations(layers, state_dir, stamp["product_uuid_path"], stamp["efi_path"])
-        if any(stamp.get(key) != value for key, value in seen.items()):
+            vm_id, level, product_uuid_path, efi_path, seen = f.read().split("\n", 4)
+        if seen != repr(observations(layers, state_dir, product_uuid_path, efi_path)):
             return False
-        vm_id, level = str(stamp["vm_id"]), str(stamp["log_level"])
     except Exception:  # any doubt at all: the full path decides
         return False
     override = os.environ.get("SYSTEMD_LOG_LEVEL", "").lower()  # as statemachine.log.setup() reads it
@@ -125,11 +165,13 @@ def remember(layers: Sequence[str], state_dir: str, product_uuid_path: str, efi_
     stamp_path = os.path.join(state_dir, STAMP_FILE)
     tmp = f"{stamp_path}.tmp"
     try:
-        stamp = observations(read_layers(layers), state_dir, product_uuid_path, efi_path)
-        stamp.update(vm_id=vm_id, log_level=log_level)
+        seen = observations(read_layers(layers), state_dir, product_uuid_path, efi_path)
+        for line in (vm_id, log_level, product_uuid_path, efi_path):
+            if "\n" in line:
+                return
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(stamp, f)
+            f.write("\n".join((vm_id, log_level, product_uuid_path, efi_path, repr(seen))))
         os.replace(tmp, stamp_path)
     except (OSError, ValueError):
         try:

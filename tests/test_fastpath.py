@@ -107,3 +107,22 @@ def test_no_stamp_without_done(tmp_path: Path) -> None:
     fastpath.remember([str(tmp_path / "missing.toml")], str(tmp_path), "/nonexistent", "/nonexistent", "id", "info")
     assert not (tmp_path / fastpath.STAMP_FILE).exists()
     assert not fastpath.already_done(["--config", str(tmp_path / "missing.toml")])
+
+
+@pytest.mark.parametrize("text", [
+    "", "[paths]\nstate_dir = \"/x\"\n", "[paths] # the paths\nstate_dir = \"/x\" # here\nroot = \"/\"\n",
+    "[fabric]\nstate_dir = \"/nope\"\n", "paths.state_dir = \"/x\"\n", "[paths]\nstate_dir = '/x'\n",
+    "paths = { state_dir = \"/x\" }\n", "[paths]\nstate_dir = \"/a\\\\b\"\n", "# state_dir = \"/x\"\n",
+    "[log]\nlevel = \"info\"\n", "[paths]\nstate_dir=\"/y\"\n[paths.sub]\nstate_dir = \"/z\"\n",
+])
+def test_the_line_scan_agrees_with_tomllib_or_defers(text: str) -> None:
+    tomllib = config.tomllib  # tomli before 3.11
+    understood, value = fastpath.simple_state_dir(text)
+    try:
+        expected = tomllib.loads(text).get("paths", {}).get("state_dir")
+    except tomllib.TOMLDecodeError:
+        expected = "invalid"
+    if understood:
+        assert value == expected
+    assert fastpath.state_dir_of([["f", text]]) in (expected if isinstance(expected, str) else "",
+                                                    fastpath.DEFAULT_STATE_DIR)
