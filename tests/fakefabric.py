@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -246,10 +245,10 @@ class _Handler(BaseHTTPRequestHandler):
         answer = fake.next_answer(route) or {}
         delay = float(answer.get("delay", 0))
         action = answer.get("action")
-        if action == "hang":
-            fake._stop.wait(delay or None)
+        if action == "hang":  # logged on arrival, so a test can act while the request is held
             entry.update(status=None, action="hang")
             fake.record(entry)
+            fake._stop.wait(delay or None)
             return self._drop(rst=False)
         if delay and action != "slow":
             fake._stop.wait(delay)
@@ -323,12 +322,6 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-def _answers(text: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    doc = json.loads(text)
-    for route, answers in doc.items():
-        yield route, answers
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Loopback fake of the Azure WireServer and IMDS.")
     p.add_argument("--port", type=int, default=0)
@@ -340,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--incarnation", default="1")
     p.add_argument("--listen-delay", type=float, default=0.0, help="seconds before listening")
     args = p.parse_args(argv)
-    script = dict(_answers(args.script.read_text())) if args.script else None
+    script = json.loads(args.script.read_text()) if args.script else None
     fake = FakeFabric(computer_name=args.computer_name, vm_id=args.vm_id, incarnation=args.incarnation,
                       script=script, port=args.port, log_path=args.log)
     if args.listen_delay:
