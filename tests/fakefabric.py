@@ -223,6 +223,9 @@ class FakeFabric:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeFabric
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's delayed ACK
+    # (40 ms on Linux) and every exchange would look 40 ms slower than the agent really is.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         pass
