@@ -107,6 +107,9 @@ def _run_locked(cfg: config.Config, state_file: Path) -> int:
     from statemachine.timeutil import utc_now
 
     vm_id = read_vm_id(Path(cfg.identity.product_uuid_path), Path(cfg.identity.efi_path))
+    stale = persistence.remove_stale_temps(state_file)
+    if stale:
+        log.info("removed temp files of an interrupted save", extra=fields(files=stale))
     try:
         record = persistence.load(state_file)
     except StateFileError as e:

@@ -220,5 +220,20 @@ def set_aside(path: Path, suffix: str) -> Path | None:
     return target
 
 
+def remove_stale_temps(path: Path) -> list[str]:
+    """Delete temp files a crashed save left beside the record (killed between write and rename).
+
+    Only call this while holding the run lock: another run's temp file is not stale while it is saving.
+    Best effort: a leftover we cannot remove costs disk space, not correctness."""
+    removed = []
+    for stale in path.parent.glob(f".{path.name}-*.tmp"):
+        try:
+            stale.unlink()
+            removed.append(stale.name)
+        except OSError:
+            pass
+    return removed
+
+
 def quarantine(path: Path) -> Path | None:
     return set_aside(path, "corrupt-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
