@@ -234,7 +234,7 @@ def _faults() -> Iterator[Fault]:
                 reported=True, max_time=4.5, settings={"imds_timeout": 1.5})
     yield Fault("health: 503 beyond the budget, then heals", {"health": storm({"status": 503}, 10000)},
                 expect="failed", reported=True, max_time=6.0, settings={"wireserver_timeout": 1.5},
-                heal_after={"health": 2.0})
+                heal_after={"health": 2.2})
     yield Fault("goalstate: 500 beyond the budget", {"goalstate": storm({"status": 500}, 100000)}, expect="failed",
                 max_time=6.0, settings={"wireserver_timeout": 1.5})
     yield Fault("wireserver never listens", wire="closed", expect="failed", max_time=3.0,
