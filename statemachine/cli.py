@@ -89,10 +89,11 @@ def run(cfg: config.Config, state_file: Path) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     lock = RunLock(state_file.parent / persistence.LOCK_FILE)
     try:
-        persistence.ensure_state_dir(state_file.parent)
-        lock.acquire(timeout=cfg.total_budget(),
-                     on_wait=lambda pid: log.info("another run holds the lock; waiting", extra=fields(pid=pid)))
-        return _run_locked(cfg, state_file)
+        durable = _prepare_state_dir(state_file.parent)
+        if durable:
+            lock.acquire(timeout=cfg.total_budget(), on_wait=lambda pid: log.info(
+                "another run holds the lock; waiting", extra=fields(pid=pid)))
+        return _run_locked(cfg, state_file, durable)
     except Terminated as t:
         return 128 + t.signum
     except AgentError as e:
@@ -102,21 +103,41 @@ def run(cfg: config.Config, state_file: Path) -> int:
         lock.release()
 
 
-def _run_locked(cfg: config.Config, state_file: Path) -> int:
-    from statemachine.identity import read_vm_id
-    from statemachine.timeutil import utc_now
+def _prepare_state_dir(state_dir: Path) -> bool:
+    """A state directory we cannot create or trust must not cost the Ready: provision without a record
+    (the next boot starts over, and every step is idempotent) and say so loudly."""
+    try:
+        persistence.ensure_state_dir(state_dir)
+    except StateFileError as e:
+        log.error("state directory is unusable; provisioning without a record (the next boot starts over)",
+                  extra=fields(reason=str(e)))
+        return False
+    return True
 
-    vm_id = read_vm_id(Path(cfg.identity.product_uuid_path), Path(cfg.identity.efi_path))
+
+def _load(state_file: Path) -> persistence.Record | None:
     stale = persistence.remove_stale_temps(state_file)
     if stale:
         log.info("removed temp files of an interrupted save", extra=fields(files=stale))
     try:
-        record = persistence.load(state_file)
+        return persistence.load(state_file)
     except StateFileError as e:
-        moved = persistence.quarantine(state_file)
+        try:
+            moved = persistence.quarantine(state_file)
+        except StateFileError as not_moved:  # read-only: the save that follows will fail and say so too
+            moved = None
+            log.error("broken state record cannot be moved aside", extra=fields(reason=str(not_moved)))
         log.error("state record is broken; moved aside, provisioning starts fresh",
                   extra=fields(reason=str(e), moved_to=str(moved)))
-        record = None
+        return None
+
+
+def _run_locked(cfg: config.Config, state_file: Path, durable: bool = True) -> int:
+    from statemachine.identity import read_vm_id
+    from statemachine.timeutil import utc_now
+
+    vm_id = read_vm_id(Path(cfg.identity.product_uuid_path), Path(cfg.identity.efi_path))
+    record = _load(state_file) if durable else None
     from statemachine.resume import plan_start
 
     action, record = plan_start(record, vm_id, cfg.agent.max_boot_attempts, utc_now())
@@ -128,17 +149,20 @@ def _run_locked(cfg: config.Config, state_file: Path) -> int:
                   extra=fields(boot_attempts=record.boot_attempts, last_error=(record.last_error or {}).get("reason")))
         return 1
     if action == "new_vm":
-        persistence.set_aside(state_file, "prev")
+        try:
+            persistence.set_aside(state_file, "prev")
+        except StateFileError as e:  # the old record is overwritten by the first save, if that works
+            log.error("previous VM's record cannot be kept aside", extra=fields(reason=str(e)))
         log.info("record belongs to another VM (a new VM from this image); provisioning afresh",
                  extra=fields(vm_id=vm_id))
     if vm_id is None:
         log.warning("no SMBIOS product_uuid; the VM id will come from IMDS compute.vmId",
                     extra=fields(path=cfg.identity.product_uuid_path))
     log.info("starting", extra=fields(action=action, state=record.state.value, vm_id=vm_id))
-    return _drive(cfg, state_file, record)
+    return _drive(cfg, state_file, record, durable)
 
 
-def _drive(cfg: config.Config, state_file: Path, record: persistence.Record) -> int:
+def _drive(cfg: config.Config, state_file: Path, record: persistence.Record, durable: bool = True) -> int:
     from statemachine.context import Context
     from statemachine.phase import Phase
     from statemachine.runner import Runner, Store
@@ -146,7 +170,7 @@ def _drive(cfg: config.Config, state_file: Path, record: persistence.Record) -> 
 
     steps = {Phase.NETWORK_WAIT: network_wait.step, Phase.GOALSTATE: goalstate.step,
              Phase.REPORTING: reporting.step, Phase.CONFIGURING: configuring.step}
-    store = Store(state_file)
+    store = Store(state_file, enabled=durable)
     store.save(record)
     final = Runner(Context(cfg), steps, store, reporting.report_failure).drive(record)
     if final.state is Phase.DONE:

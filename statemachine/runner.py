@@ -54,11 +54,14 @@ class Store:
     """Saves the record; when the disk refuses (read-only, full), carries on in memory and says so once:
     reporting Ready matters more than remembering that we did."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled  # False: the state directory is unusable, keep everything in memory
         self.failed: StateFileError | None = None
 
     def save(self, record: Record) -> None:
+        if not self.enabled:
+            return
         try:
             persistence.save(self.path, record)
         except StateFileError as e:
