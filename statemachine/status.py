@@ -73,24 +73,30 @@ def render(record: Record | None, state_dir: Path) -> str:
     ]
     for entry in record.history:
         took = f"{entry['duration_s']:.3f}s" if isinstance(entry.get("duration_s"), (int, float)) else "…"
-        lines.append(f"  {entry.get('at', '?'):<26}{entry.get('state', '?'):<14}{took:>10}  "
-                     f"({entry.get('event', '')})")
+        lines.append(f"  {_s(entry.get('at', '?')):<26}{_s(entry.get('state', '?')):<14}{took:>10}  "
+                     f"({_s(entry.get('event', ''))})")
     if record.steps:
         lines.append("configure steps:")
         for name, step in record.steps.items():
-            detail = step.get("result") or (step.get("error") or {}).get("reason", "")
-            lines.append(f"  {name:<12}{step.get('status', '?'):<20}{step.get('at', '')}  {detail}")
+            error = step.get("error")
+            detail = step.get("result") or (error.get("reason", "") if isinstance(error, dict) else "")
+            lines.append(f"  {name:<12}{_s(step.get('status', '?')):<20}{_s(step.get('at', ''))}  {_s(detail)}")
     for err in record.recoverable_errors:
         lines.append(_line("recoverable error", f"{err.get('step', '?')}: {_reason(err)}"))
     lines.append(_line("last error", _reason(record.last_error) if record.last_error else None))
     return "\n".join(lines)
 
 
+def _s(value: Any) -> str:
+    """Text for a value read from the record: never trust it to be a string (format specs would raise)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _reason(err: dict[str, Any]) -> str:
-    data = err.get("data") or {}
-    details = ", ".join(f"{k}={v}" for k, v in sorted(data.items()))
-    where = f" [in {err['state']} at {err.get('at', '?')}]" if err.get("state") else ""
-    return f"{err.get('reason', '?')}" + (f" ({details})" if details else "") + where
+    data = err.get("data")
+    details = ", ".join(f"{k}={v}" for k, v in sorted(data.items())) if isinstance(data, dict) else ""
+    where = f" [in {_s(err['state'])} at {_s(err.get('at', '?'))}]" if err.get("state") else ""
+    return _s(err.get("reason", "?")) + (f" ({details})" if details else "") + where
 
 
 def show(state_file: Path, as_json_output: bool) -> tuple[str, int]:
