@@ -20,7 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from statemachine import __version__, config, log as logsetup, persistence
+from statemachine import __version__, config, persistence
+from statemachine import log as logsetup
 from statemachine.errors import EX_USAGE, AgentError, ConfigError, StateFileError, Terminated
 from statemachine.log import fields
 

@@ -97,7 +97,8 @@ class Env:
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "statemachine.cli", "--config", str(self.config_path), *args]
 
-    def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(*args), env={**self.env(), **(env or {})}, capture_output=True,
                               text=True, timeout=timeout, cwd=REPO)
 

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-
 from conftest import REPO, Env
 from fakefabric import FakeFabric
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from fakefabric import FakeFabric
+
 from statemachine import fabric
 from statemachine.errors import FabricError, GoneError
 
