@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from conftest import FIXTURES, REPO
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from statemachine.errors import MediaError
 from states import media
 

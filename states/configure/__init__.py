@@ -40,6 +40,6 @@ class ConfigureStep(Protocol):
 
 
 def registry() -> dict[str, ConfigureStep]:
-    from states.configure import hostname
+    from states.configure import hostname, ssh_keys, user
 
-    return {"hostname": hostname}
+    return {"hostname": hostname, "user": user, "ssh_keys": ssh_keys}
