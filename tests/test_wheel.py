@@ -49,3 +49,10 @@ def test_wheel_installs_beside_python_statemachine(tmp_path: Path) -> None:
     # The wheel carries what the agent needs at run time, nothing from tests/.
     names = run(sys.executable, "-m", "zipfile", "-l", wheel)
     assert "states/goalstate.py" in names and "statemachine/runner.py" in names and "tests/" not in names
+    # Every package of the checkout is in the wheel (a forgotten subpackage only fails at run time).
+    for package in ("states", "statemachine"):
+        for init in sorted((REPO / package).rglob("__init__.py")):
+            assert str(init.relative_to(REPO)) in names
+    # And the installed agent can import every module it may need.
+    run(agent_venv / "bin" / "python", "-c",
+        "import states.configuring, states.configure.hostname, statemachine.runner")
