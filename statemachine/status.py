@@ -77,9 +77,11 @@ def render(record: Record | None, state_dir: Path) -> str:
                      f"({entry.get('event', '')})")
     if record.steps:
         lines.append("configure steps:")
-        for name, step in record.steps.items():
+        # In the order they ran (the record's JSON keeps keys sorted).
+        for name, step in sorted(record.steps.items(), key=lambda item: str(item[1].get("at", ""))):
             detail = step.get("result") or (step.get("error") or {}).get("reason", "")
-            lines.append(f"  {name:<12}{step.get('status', '?'):<20}{step.get('at', '')}  {detail}")
+            took = f"{step['duration_s']:.3f}s" if isinstance(step.get("duration_s"), (int, float)) else "…"
+            lines.append(f"  {name:<12}{step.get('status', '?'):<20}{step.get('at', ''):<26}{took:>10}  {detail}")
     for err in record.recoverable_errors:
         lines.append(_line("recoverable error", f"{err.get('step', '?')}: {_reason(err)}"))
     lines.append(_line("last error", _reason(record.last_error) if record.last_error else None))
