@@ -2,8 +2,10 @@
 
 Each turn runs the next step not yet finished and returns its status as progress (no event), so the
 runner persists it before the next step starts: a crash after "user" resumes at "ssh_keys". When every
-step is finished the phase ends with `configured`. The IMDS document is fetched once per run and kept
-in memory only (it can carry secrets such as customData; the record never holds it).
+step is finished the phase ends with `configured`. The IMDS document (and, with `[media] enabled`, the
+provisioning media's ovf-env.xml) is read once per run and kept in memory only: the media can carry a
+password, which the record never holds. The media's CustomData is saved to `<state_dir>/custom_data`
+(0600, never executed); an unusable media is a recoverable error, since IMDS carries the same facts.
 """
 
 from __future__ import annotations

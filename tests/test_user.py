@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ from statemachine.context import Context
 from statemachine.errors import ConfigureError, RecoverableError
 from states.configure import Facts, user
 from states.imds import Instance
+from states.media import OvfEnv
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "usermod", "chpasswd")),
@@ -31,11 +31,9 @@ def host_accounts_untouched() -> object:
     assert {p: Path(p).read_bytes() for p in before} == before
 
 
-@dataclasses.dataclass(frozen=True)
-class Media:
-    username: str = "azureuser"
-    password: str | None = dataclasses.field(default=None, repr=False)
-    disable_ssh_password_auth: bool | None = None
+def Media(password: str | None = None, disable_ssh_password_auth: bool | None = None) -> OvfEnv:  # noqa: N802
+    return OvfEnv(hostname="web-01", username="azureuser", password=password,
+                  disable_ssh_password_auth=disable_ssh_password_auth)
 
 
 def make_root(tmp: Path, admin_group: str | None = "sudo", sudo: bool = True,

@@ -261,7 +261,7 @@ def wanted_keys(facts: Facts) -> tuple[list[tuple[str | None, str]], str, list[R
     """[(path, key data)], where they came from, and errors for keys we cannot use at all."""
     if facts.instance.public_keys:
         return [(k.path, k.key_data) for k in facts.instance.public_keys], "IMDS compute.publicKeys", []
-    media_keys = getattr(facts.media, "public_keys", ())
+    media_keys = facts.media.public_keys if facts.media is not None else ()
     errors = [RecoverableError("SSH key given only as a certificate fingerprint; not supported",
                                fingerprint=k.fingerprint[:64]) for k in media_keys if not k.value]
     return [(k.path, k.value) for k in media_keys if k.value], "provisioning media PublicKeys", errors

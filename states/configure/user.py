@@ -120,16 +120,15 @@ def check_password(password: str) -> str | None:
 def admin_name(facts: Facts) -> tuple[str, str] | None:
     if facts.instance.admin_username:
         return facts.instance.admin_username, "IMDS osProfile.adminUsername"
-    media_name = getattr(facts.media, "username", None)
-    if isinstance(media_name, str) and media_name:
-        return media_name, "provisioning media UserName"
+    if facts.media is not None and facts.media.username:
+        return facts.media.username, "provisioning media UserName"
     return None
 
 
 def password_disabled(facts: Facts) -> bool:
     if facts.instance.disable_password_authentication is not None:
         return facts.instance.disable_password_authentication
-    return getattr(facts.media, "disable_ssh_password_auth", None) is True
+    return facts.media is not None and facts.media.disable_ssh_password_auth is True
 
 
 # ---- reading the root ----------------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def make_plan(ctx: Context, facts: Facts) -> Plan:
     member_of = {g for g, (gid, members) in groups.items()
                  if account and (name in members or gid == account.gid)}
     disabled = password_disabled(facts)
-    password = getattr(facts.media, "password", None)
+    password = facts.media.password if facts.media is not None else None
     password_problem = check_password(password) if password and not disabled else None
     shadow = shadow_field(_read(ctx, "/etc/shadow"), name) if account else None
     usable = bool(shadow) and shadow is not None and shadow[0] not in "!*"
@@ -269,7 +268,7 @@ def apply(ctx: Context, facts: Facts) -> Change | None:
         _run(["useradd", *root, "--create-home", *shell, *groups, "--", p.name], "useradd")
     elif p.add_groups:
         _run(["usermod", *root, "--append", "--groups", ",".join(p.add_groups), "--", p.name], "usermod")
-    if p.set_password:
+    if p.set_password and facts.media is not None:
         password = facts.media.password
         crypt = ["--crypt-method", "SHA512"] if root else []  # no PAM inside a relocated root
         _run(["chpasswd", *root, *crypt], "chpasswd", stdin=f"{p.name}:{password}\n".encode())
