@@ -185,3 +185,24 @@ def test_usage_errors(full: Env) -> None:
     assert full.run("--logs").returncode == 64
     assert full.run("clean", "--status").returncode == 64
     assert full.run("--dry-run", "--status").returncode == 64
+
+
+def test_broken_media_is_recorded_once_and_imds_still_provisions(full: Env, tmp_path: Path) -> None:
+    media_dir = tmp_path / "cd"
+    media_dir.mkdir()
+    shutil.copy(FIXTURES / "cloudinit_ovf_env_invalid_duplicate_hostname.xml", media_dir / "ovf-env.xml")
+    full.set("media", enabled=True, device=str(media_dir))
+    out = full.run(env={"AZPROV_FAILPOINT": "configure.ssh_keys.before:kill"})
+    assert out.returncode != 0
+    assert full.run().returncode == 0  # the resumed run reads the media again: still recorded once
+    st = status(full)
+    assert st["state"] == "done" and all(s["status"] == "done" for s in st["steps"].values())
+    assert [(e["step"], e["reason"]) for e in st["recoverable_errors"]] == [
+        ("media", "ovf-env.xml has a duplicate element")]
+    assert full.run("--status").returncode == 2
+
+
+def test_enabled_media_without_a_cd_is_fine(full: Env, tmp_path: Path) -> None:
+    full.set("media", enabled=True, device=str(tmp_path / "no-sr0"))
+    assert full.run().returncode == 0
+    assert status(full)["recoverable_errors"] == [] and not (full.state_dir / "custom_data").exists()
