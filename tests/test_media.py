@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -301,3 +302,30 @@ def test_real_mount_fallback_in_private_namespace(tmp_path: Path) -> None:
     text = _read_in_namespace(image, "udf,ext2")
     assert media.parse_ovf_env(text.encode()).username == "test-user"
     assert str(image) not in Path("/proc/self/mounts").read_text()  # nothing leaked into our namespace
+
+
+_value = st.text(st.characters(exclude_categories=["Cc", "Cs", "Cn"]), min_size=1, max_size=40).filter(
+    lambda s: s.strip() == s)
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefix=st.from_regex(r"[a-z]{1,6}", fullmatch=True), host=_value, name=_value,
+       password=st.none() | _value, disable=st.none() | st.booleans(), data=st.none() | st.binary(max_size=64))
+def test_built_documents_round_trip(prefix: str, host: str, name: str, password: str | None,
+                                    disable: bool | None, data: bytes | None) -> None:
+    from lxml import etree
+
+    wa = f"{{{media.WA_NS}}}"
+    root = etree.Element(f"{{{media.OVF_NS}}}Environment", nsmap={None: media.OVF_NS, prefix: media.WA_NS})
+    config_set = etree.SubElement(etree.SubElement(root, wa + "ProvisioningSection"),
+                                  wa + "LinuxProvisioningConfigurationSet")
+    values = {"HostName": host, "UserName": name, "UserPassword": password,
+              "DisableSshPasswordAuthentication": None if disable is None else str(disable).lower(),
+              "CustomData": None if data is None else base64.b64encode(data).decode()}
+    for tag, value in values.items():
+        if value is not None:
+            etree.SubElement(config_set, wa + tag).text = value
+    env = media.parse_ovf_env(etree.tostring(root))
+    assert (env.hostname, env.username, env.password, env.disable_ssh_password_auth) == (
+        host, name, password, disable)
+    assert env.custom_data == (data if data else None)

@@ -242,3 +242,17 @@ def test_step_without_the_user_fails_clearly(tmp_path: Path) -> None:
     assert change is not None and change.before == "user absent"
     with pytest.raises(ConfigureError, match="user step"):
         ssh_keys.apply(ctx_for(tmp_path), f)
+
+
+@needs_root
+def test_one_unusable_file_does_not_block_the_others(tmp_path: Path) -> None:
+    make_home(tmp_path)
+    ssh = tmp_path / "home/azureuser/.ssh"
+    ssh.mkdir()
+    (ssh / "other_keys").symlink_to(tmp_path / "victim")
+    f = facts(PublicKey(KEY_A, "~/.ssh/other_keys"), PublicKey(KEY_B, None))
+    with pytest.raises(RecoverableError) as info:
+        ssh_keys.apply(ctx_for(tmp_path), f)
+    assert "symlink" in info.value.supporting_data["first"]
+    assert (ssh / "authorized_keys").read_text() == KEY_B + "\n"
+    assert not (tmp_path / "victim").exists()

@@ -303,7 +303,10 @@ def plan(ctx: Context, facts: Facts) -> Change | None:
 
 
 def apply(ctx: Context, facts: Facts) -> Change | None:
-    change = plan(ctx, facts)
+    try:
+        change = plan(ctx, facts)
+    except RecoverableError:
+        change = None  # one unusable file (a planted symlink, say) must not keep the keys from the others
     account, targets, source, errors = _targets(ctx, facts)
     if targets and account is None:
         raise ConfigureError("admin user does not exist; put the user step before ssh_keys",
