@@ -206,3 +206,15 @@ def test_enabled_media_without_a_cd_is_fine(full: Env, tmp_path: Path) -> None:
     full.set("media", enabled=True, device=str(tmp_path / "no-sr0"))
     assert full.run().returncode == 0
     assert status(full)["recoverable_errors"] == [] and not (full.state_dir / "custom_data").exists()
+
+
+def test_dry_run_with_media_saves_no_custom_data(full: Env, tmp_path: Path) -> None:
+    media_dir = tmp_path / "cd"
+    media_dir.mkdir()
+    shutil.copy(FIXTURES / "cloudinit_ovf_env_full.xml", media_dir / "ovf-env.xml")
+    full.set("media", enabled=True, device=str(media_dir))
+    out = full.run("--dry-run")
+    assert "media: read" in out.stdout
+    assert f"custom_data: would save 3 bytes to {full.state_dir / 'custom_data'} (mode 0600)" in out.stdout
+    assert "test-password" not in out.stdout + out.stderr
+    assert not (full.state_dir / "custom_data").exists()
