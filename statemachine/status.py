@@ -77,10 +77,13 @@ def render(record: Record | None, state_dir: Path) -> str:
                      f"({_s(entry.get('event', ''))})")
     if record.steps:
         lines.append("configure steps:")
-        for name, step in record.steps.items():
+        # In the order they ran (the record's JSON keeps keys sorted).
+        for name, step in sorted(record.steps.items(), key=lambda item: str(item[1].get("at", ""))):
             error = step.get("error")
             detail = step.get("result") or (error.get("reason", "") if isinstance(error, dict) else "")
-            lines.append(f"  {name:<12}{_s(step.get('status', '?')):<20}{_s(step.get('at', ''))}  {_s(detail)}")
+            took = f"{step['duration_s']:.3f}s" if isinstance(step.get("duration_s"), (int, float)) else "…"
+            lines.append(f"  {name:<12}{_s(step.get('status', '?')):<20}{_s(step.get('at', '')):<26}{took:>10}  "
+                         f"{_s(detail)}")
     for err in record.recoverable_errors:
         lines.append(_line("recoverable error", f"{err.get('step', '?')}: {_reason(err)}"))
     lines.append(_line("last error", _reason(record.last_error) if record.last_error else None))

@@ -13,7 +13,8 @@ from typing import Any, Callable
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures" / "azure"
+# `<clone>/../shared` in CI; AZPROV_FIXTURES points elsewhere (a git worktree has no `../shared`).
+FIXTURES = Path(os.environ.get("AZPROV_FIXTURES", REPO.parent / "shared" / "fixtures" / "azure"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from fakefabric import FakeFabric  # noqa: E402
