@@ -13,7 +13,10 @@ from typing import Any, Callable
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures" / "azure"
+# /work/shared beside the main checkout; worktrees under /work/wt/<name> find it one level further up.
+FIXTURES = next((p for p in (REPO.parent / "shared" / "fixtures" / "azure",
+                             REPO.parent.parent / "shared" / "fixtures" / "azure") if p.is_dir()),
+                REPO.parent / "shared" / "fixtures" / "azure")
 sys.path.insert(0, str(REPO / "tests"))
 
 from fakefabric import FakeFabric  # noqa: E402

@@ -3,11 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from statemachine.errors import AgentError
 from states.reporting import MAX_DESCRIPTION, HealthReport, failure_description, parse_health, render_health
-
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "azure"
 
 
 @pytest.mark.parametrize("path", sorted(FIXTURES.glob("*health*.xml")), ids=lambda p: p.name)
