@@ -41,14 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="show the provisioning record and exit")
     p.add_argument("--json", action="store_true", help="with --status: machine-readable output")
     p.add_argument("--wait", action="store_true", help="with --status: wait until provisioning has ended")
+    p.add_argument("--kvp", action="store_true", help="with --status: also decode the Hyper-V KVP pool")
     p.add_argument("--version", action="version", version=f"azprov {__version__}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.json or args.wait) and not args.status:
-        build_parser().error("--json and --wait go with --status")
+    if (args.json or args.wait or args.kvp) and not args.status:
+        build_parser().error("--json, --wait and --kvp go with --status")
     try:
         cfg = config.load_layers(args.config)
     except ConfigError as e:
@@ -57,17 +58,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.setup(cfg.log.level)
     state_file = cfg.state_dir / persistence.STATE_FILE
     if args.status:
-        return status(state_file, args.json, args.wait)
+        return status(state_file, args.json, args.wait, kvp_pool(cfg) if args.kvp else None)
     return run(cfg, state_file)
 
 
-def status(state_file: Path, as_json: bool, wait: bool) -> int:
+def kvp_pool(cfg: config.Config) -> Path:
+    """The pool file, under paths.root as the run writes it."""
+    return Path(cfg.paths.root) / cfg.kvp.pool_path.lstrip("/")
+
+
+def status(state_file: Path, as_json: bool, wait: bool, pool: Path | None = None) -> int:
     from statemachine import status as st
 
     try:
         while wait and not st.is_settled(state_file):
             time.sleep(0.2)
         text, code = st.show(state_file, as_json)
+        if pool is not None:
+            text = st.with_kvp(text, pool, as_json)
     except StateFileError as e:
         if as_json:
             print(json.dumps({"state": "unknown", "last_error": e.as_dict()}, indent=2))
