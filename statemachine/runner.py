@@ -70,6 +70,14 @@ class Store:
             self.failed = e
 
 
+def _how_started(record: Record) -> str:
+    """KVP's message for the first state of a run: "start", "retry_after_failure", or "resume"."""
+    last = record.history[-1] if record.history else {}
+    if last.get("state") == record.state.value and last.get("event") in ("start", "retry_after_failure"):
+        return str(last["event"])
+    return "resume"
+
+
 # ---- the loop ----------------------------------------------------------------------------------------------
 
 class Runner:
@@ -116,9 +124,7 @@ class Runner:
         self._entered_at = self.ctx.clock()
         if record.state not in TERMINAL:
             self.ctx.events().vm_id = record.vm_id
-            last = record.history[-1] if record.history else {}
-            fresh = last.get("state") == record.state.value and last.get("event") in ("start", "retry_after_failure")
-            self.ctx.events().entered(record.state.value, str(last.get("event")) if fresh else "resume")
+            self.ctx.events().entered(record.state.value, _how_started(record))
         try:
             while self.agent.state not in TERMINAL:
                 self._turn(self.agent.state)
@@ -128,6 +134,8 @@ class Runner:
                 "data": {"signal": t.signum}, "state": self.agent.state.value, "at": utc_now()})
             self.store.save(self.record)
             log.warning("terminated; the next run resumes here", extra=fields(state=self.agent.state.value))
+            self.ctx.events().left(self.agent.state.value, "terminated", self.ctx.clock() - self._entered_at,
+                                   f"signal {t.signum}")
             raise
         return self.record
 

@@ -16,12 +16,13 @@ import logging
 
 from lxml import etree
 
-from statemachine import report
 from statemachine.context import Context, Outcome
 from statemachine.errors import AgentError, FabricError, GoalStateError, GoneError
 from statemachine.failpoints import failpoint
 from statemachine.log import fields
 from statemachine.persistence import Record
+from statemachine.report import MAX_DESCRIPTION as MAX_DESCRIPTION  # re-exported: callers import it from here
+from statemachine.report import failure_report, success_report
 from statemachine.timeutil import utc_now
 from states import goalstate, reporting_json, xmlutil
 from states.goalstate import GoalState
@@ -29,8 +30,6 @@ from states.goalstate import GoalState
 log = logging.getLogger(__name__)
 
 MAX_GONE = 5  # refetch-and-repost rounds after 410 before handing the problem to the retry policy
-MAX_DESCRIPTION = report.MAX_DESCRIPTION
-DOCUMENTATION_URL = report.DOCUMENTATION_URL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,22 +92,16 @@ def parse_health(body: bytes) -> HealthReport:
 def failure_description(error: AgentError, vm_id: str | None, timestamp: str) -> str:
     """The pipe-delimited report (statemachine.report), at most 512 characters: the same text as the KVP
     PROVISIONING_REPORT record the runner wrote for this failure."""
-    return report.failure_report(error.reason, error.supporting_data, vm_id, timestamp)
+    return failure_report(error.reason, error.supporting_data, vm_id, timestamp)
 
 
 def post(ctx: Context, state: str, substatus: str | None = None,
          description: str | None = None) -> GoalState | None:
     """Fresh goal state, then POST; on 410 do both again. Returns the goal state the 200 was for (None for
     the JSON protocol, which names none)."""
-    if ctx.config.fabric.health_protocol == "provisioning":
-        body = reporting_json.render_provisioning_health(state, substatus, description)
-        for _ in range(MAX_GONE):
-            try:
-                ctx.wire().post_provisioning_health(body)
-                return None
-            except GoneError:
-                log.info("JSON health report refused with 410; posting again")
-        raise FabricError("health report kept being refused as stale (410)", retryable=True, rounds=MAX_GONE)
+    if ctx.config.fabric.health_protocol == "provisioning":  # errors go to the runner's retry policy
+        ctx.wire().post_provisioning_health(reporting_json.render_provisioning_health(state, substatus, description))
+        return None
     for _ in range(MAX_GONE):
         gs = goalstate.fetch(ctx)
         report = HealthReport(gs.incarnation, gs.container_id, gs.instance_id, state, substatus, description)
@@ -123,7 +116,7 @@ def post(ctx: Context, state: str, substatus: str | None = None,
 
 def step(ctx: Context, record: Record) -> Outcome:
     ctx.events().vm_id = record.vm_id
-    ctx.events().report(report.success_report(record.vm_id, utc_now()))  # before the POST, once per run
+    ctx.events().report(success_report(record.vm_id, utc_now()))  # before the POST, once per run
     gs = post(ctx, "Ready")
     failpoint("reporting.after_post")  # the one crash window that may cause a duplicate Ready
     log.info("reported Ready", extra=fields(incarnation=gs.incarnation if gs else None))

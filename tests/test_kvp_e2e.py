@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +272,21 @@ def test_runner_splits_a_long_non_ascii_failure_across_records(tmp_path: Path) -
     assert fields["timestamp"] == posted[0]  # the same stamp the health report used
     [leave] = [r for r in pool if "|leave|goalstate|" in r.key]
     assert leave.parts >= 2 and report_fields(leave.value)["msg"].startswith("Gerät antwortet nicht (detail=")
+
+
+def test_sigterm_is_told_to_the_host_and_the_next_run_says_resume(vm: Env, fabric: FakeFabric) -> None:
+    pool = with_pool(vm)
+    fabric.set_script("imds", [{"action": "hang", "delay": 60}])
+    proc = vm.popen()
+    deadline = time.monotonic() + 20
+    while not fabric.requests("imds") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 143
+    [leave] = [report_fields(r.value) for r in records(pool) if "|leave|configuring|" in r.key]
+    assert leave["result"] == "terminated" and leave["msg"] == "signal 15"
+    fabric.set_script("imds", [])
+    assert vm.run().returncode == 0
+    resumed = [report_fields(r.value) for r in records(pool) if "|enter|configuring|" in r.key]
+    assert [e["msg"] for e in resumed] == ["reported", "resume"]
