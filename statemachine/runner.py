@@ -190,7 +190,8 @@ class Runner:
         # the fabric is unreachable (NETWORK_WAIT): KVP needs no network.
         events = self.ctx.events()
         events.vm_id = self.record.vm_id
-        events.left(phase.value, "error", self.ctx.clock() - self._entered_at, str(e))
+        # The reason only: the report right after carries the supporting data.
+        events.left(phase.value, "error", self.ctx.clock() - self._entered_at, e.reason)
         self._left_told = True
         events.report(failure_report(e.reason, e.supporting_data, self.record.vm_id, entry["at"]))
         if phase is not Phase.NETWORK_WAIT and self._report(e):  # unreachable fabric: nobody to tell
