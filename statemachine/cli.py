@@ -51,14 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", action="store_true", help="with clean: also remove azprov's log files")
     p.add_argument("--machine-id", action="store_true",
                    help="with clean: also reset /etc/machine-id to 'uninitialized'")
+    p.add_argument("--kvp", action="store_true", help="with --status: also decode the Hyper-V KVP pool")
     p.add_argument("--version", action="version", version=f"azprov {__version__}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.wait and not args.status:
-        build_parser().error("--wait goes with --status")
+    if (args.wait or args.kvp) and not args.status:
+        build_parser().error("--wait and --kvp go with --status")
     if args.json and not (args.status or args.dry_run):
         build_parser().error("--json goes with --status or --dry-run")
     if (args.logs or args.machine_id) and args.command != "clean":
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.setup(cfg.log.level)
     state_file = cfg.state_dir / persistence.STATE_FILE
     if args.status:
-        return status(state_file, args.json, args.wait)
+        return status(state_file, args.json, args.wait, kvp_pool(cfg) if args.kvp else None)
     if args.dry_run:
         return dry_run(cfg, args.json)
     if args.command == "clean":
@@ -117,13 +118,20 @@ def clean(cfg: config.Config, logs: bool, machine_id: bool) -> int:
     return 0
 
 
-def status(state_file: Path, as_json: bool, wait: bool) -> int:
+def kvp_pool(cfg: config.Config) -> Path:
+    """The pool file, under paths.root as the run writes it."""
+    return Path(cfg.paths.root) / cfg.kvp.pool_path.lstrip("/")
+
+
+def status(state_file: Path, as_json: bool, wait: bool, pool: Path | None = None) -> int:
     from statemachine import status as st
 
     try:
         while wait and not st.is_settled(state_file):
             time.sleep(0.2)
         text, code = st.show(state_file, as_json)
+        if pool is not None:
+            text = st.with_kvp(text, pool, as_json)
     except StateFileError as e:
         if as_json:
             print(json.dumps({"state": "unknown", "last_error": e.as_dict()}, indent=2))

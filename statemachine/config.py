@@ -34,6 +34,7 @@ class FabricConfig:
     wireserver_timeout: float = 1200.0
     imds_timeout: float = 300.0
     request_timeout: float = 30.0
+    health_protocol: str = "wireserver"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,12 @@ class LogConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class KvpConfig:
+    enabled: bool = True
+    pool_path: str = "/var/lib/hyperv/.kvp_pool_1"
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentConfig:
     max_boot_attempts: int = 3
 
@@ -91,6 +98,7 @@ class Config:
     media: MediaConfig = dataclasses.field(default_factory=MediaConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    kvp: KvpConfig = dataclasses.field(default_factory=KvpConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -150,6 +158,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "fabric.wireserver_timeout": _positive,
     "fabric.imds_timeout": _positive,
     "fabric.request_timeout": _positive,
+    "fabric.health_protocol": _one_of("wireserver", "provisioning"),
     "paths.state_dir": _absolute,
     "paths.root": _absolute,
     "identity.product_uuid_path": _absolute,
@@ -161,6 +170,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "media.path": _relative_file,
     "log.level": _one_of("debug", "info", "warning", "error"),
     "agent.max_boot_attempts": _positive,
+    "kvp.pool_path": _absolute,
 }
 
 

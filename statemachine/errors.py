@@ -115,3 +115,7 @@ class Terminated(BaseException):
 class RecoverableError(AgentError):
     """A configure step could not do all of its work, but the VM is usable: recorded, reported by
     `--status` (exit 2), and provisioning goes on."""
+
+
+class KvpError(AgentError):
+    """A KVP record cannot be encoded or the pool cannot be locked. KVP is telemetry: never fatal."""

@@ -6,6 +6,7 @@ recoverable errors. The record is replaced atomically by the run, so reading it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -117,3 +118,17 @@ def is_settled(state_file: Path) -> bool:
         return False
     return record is not None and record.state in (Phase.DONE, Phase.FAILED) and not _running(state_file.parent)
 
+
+def with_kvp(text: str, pool: Path, as_json_output: bool) -> str:
+    """`--status --kvp`: the record's view followed by the Hyper-V KVP pool, decoded (split values rejoined)."""
+    from statemachine import kvp
+
+    if not as_json_output:
+        return text + "\nkvp pool:\n" + kvp.format_pool(pool)
+    data = json.loads(text)
+    try:
+        records = kvp.decode_pool(pool.read_bytes())
+        data["kvp"] = {"path": str(pool), "records": [dataclasses.asdict(r) for r in records]}
+    except OSError as e:
+        data["kvp"] = {"path": str(pool), "error": e.strerror or str(e)}
+    return json.dumps(data, sort_keys=True, indent=2)
