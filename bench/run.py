@@ -77,7 +77,7 @@ SCENARIOS = {s.key: s for s in [
              script={"goalstate": [{"status": 503, "headers": {"Retry-After": "1"}}] * 3}),
     Scenario("P3c", "health 410 once, incarnation bumped", ("azprov", *PEERS), "ready_s", "Ready <= 0.5 s",
              script={"health": [{"action": "bump"}]}, cap_s=12.0),
-    Scenario("P4", "later boot of a provisioned VM (DONE record)", ("azprov", "python_pass"), "wall_s",
+    Scenario("P4", "later boot of a provisioned VM (DONE record)", ("azprov", "azprov_script", "python_pass"), "wall_s",
              "<= 1.5 x python -c pass", provisioned=True),
 ]}
 
@@ -124,6 +124,8 @@ def argv_for(agent: str, envs: peers.Environments, url: str, work: Workdir) -> l
     common = ["--wireserver", url, "--imds", url, "--hostname-file", str(work.hostname_file)]
     if agent == "azprov":
         return [str(envs.azprov_bin), "--config", str(work.config)]
+    if agent == "azprov_script":
+        return [str(envs.azprov_python), str(HERE / "azprov_script.py"), "--config", str(work.config)]
     if agent == "seed":
         return [str(envs.peers_python), str(drivers / "seed_driver.py"), *common]
     if agent == "cloudinit":
@@ -143,6 +145,7 @@ def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "pythonpath")}
     env["no_proxy"] = "*"
+    env["AZPROV_CONFIG_DIR"] = "/nonexistent/azprov-bench"  # this machine's /etc/azprov must not leak in
     return env
 
 
@@ -203,7 +206,7 @@ def fabric_for(scenario: Scenario, run: int) -> Iterator[tuple[FakeFabric, dict[
 def measure(scenario: Scenario, agent: str, run: int, envs: peers.Environments, base: Path,
             provisioned: dict[str, Path]) -> dict[str, Any]:
     with fabric_for(scenario, run) as (fab, marks):
-        if scenario.provisioned and agent == "azprov":
+        if scenario.provisioned and agent.startswith("azprov"):
             work = provisioned_workdir(base, envs, provisioned, fab.url)
         else:
             work = make_workdir(base, agent, fab.url)
@@ -242,8 +245,8 @@ def provisioned_workdir(base: Path, envs: peers.Environments, cache: dict[str, P
             raise RuntimeError(f"P4 setup run failed: {(work.path / 'setup.log').read_text()[-800:]}")
         cache["azprov"] = work.path
     work_path = cache["azprov"]
-    config = azprov_config(work_path, url)  # same record; this run's fake URL (it must not be contacted)
-    return Workdir(work_path, work_path / "root" / "etc" / "hostname", config)
+    # The same config file, untouched: a later boot of the same VM (it must not contact the fabric at all).
+    return Workdir(work_path, work_path / "root" / "etc" / "hostname", work_path / "azprov.toml")
 
 
 # ---- statistics and report ---------------------------------------------------------------------------------
