@@ -45,7 +45,8 @@ def poll_delay(attempt: int) -> float:
 def _warm_imports() -> None:
     try:
         import lxml.etree  # noqa: F401
-        import requests  # noqa: F401
+
+        import statemachine.fabric  # noqa: F401  (requests, the way the fabric clients import it)
     except Exception:  # pragma: no cover - the real import later reports any problem
         pass
 
