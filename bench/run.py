@@ -114,8 +114,9 @@ method = "file"
 
 def make_workdir(base: Path, agent: str, url: str) -> Workdir:
     work = Path(tempfile.mkdtemp(prefix=f"{agent}-", dir=base))
-    config = azprov_config(work, url) if agent == "azprov" else work / "unused"
-    hostname_file = work / "root" / "etc" / "hostname" if agent == "azprov" else work / "hostname"
+    ours = agent.startswith("azprov")
+    config = azprov_config(work, url) if ours else work / "unused"
+    hostname_file = work / "root" / "etc" / "hostname" if ours else work / "hostname"
     return Workdir(work, hostname_file, config)
 
 
@@ -124,6 +125,10 @@ def argv_for(agent: str, envs: peers.Environments, url: str, work: Workdir) -> l
     common = ["--wireserver", url, "--imds", url, "--hostname-file", str(work.hostname_file)]
     if agent == "azprov":
         return [str(envs.azprov_bin), "--config", str(work.config)]
+    if agent == "azprov_before":
+        if envs.before_bin is None:
+            raise ValueError("azprov_before needs --before-venv")
+        return [str(envs.before_bin), "--config", str(work.config)]
     if agent == "azprov_script":
         return [str(envs.azprov_python), str(HERE / "azprov_script.py"), "--config", str(work.config)]
     if agent == "seed":
@@ -313,37 +318,10 @@ def render(out_dir: Path) -> str:
         lines += render_table(scenario, raw["summary"]) + [""]
     if "P2" in raws:
         lines += render_p5(raws["P2"]["summary"]) + [""]
-    lines += render_before_after(out_dir)
     import importtime  # here, not at the top: importtime imports this module
 
     lines += importtime.render(out_dir / "raw")
     return "\n".join(lines) + "\n"
-
-
-def render_before_after(out_dir: Path) -> list[str]:
-    """azprov's own figures from bench/before/raw (the tree before the speed work) next to the current ones."""
-    before_dir = out_dir / "before" / "raw"
-    if not before_dir.is_dir():
-        return []
-    lines = ["## azprov before and after the speed work", "",
-             "`bench/before/` holds a run of the same harness on the tree before the speed commits (azprov and "
-             "the reference floors only). Medians in ms (peak RSS in MiB).", "",
-             "| scenario | metric | agent | before | after |", "|---|---|---|---:|---:|"]
-    for path in sorted(before_dir.glob("P*.json")):
-        after_path = out_dir / "raw" / path.name
-        if not after_path.exists():
-            continue
-        before, after = json.loads(path.read_text()), json.loads(after_path.read_text())
-        scenario = SCENARIOS[path.stem]
-        for agent in before["summary"]:
-            for metric in dict.fromkeys((scenario.metric, "wall_s", "cpu_s", "rss_kib")):
-                b = (before["summary"][agent].get(metric) or {}).get("median")
-                a = ((after["summary"].get(agent) or {}).get(metric) or {}).get("median")
-                if b is None or a is None:
-                    continue
-                fmt = (lambda v: f"{v / 1024:.1f}") if metric == "rss_kib" else ms
-                lines.append(f"| {path.stem} | {metric} | {agent} | {fmt(b)} | {fmt(a)} |")
-    return lines + [""]
 
 
 def render_p5(stats: dict[str, dict[str, Any]]) -> list[str]:
@@ -395,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-a", "--agent", action="append", help="only these agents (default: each scenario's)")
     p.add_argument("--cache", type=Path, default=HERE / "cache", help="peers, venvs (default bench/cache)")
     p.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and raw/ go (default bench/)")
+    p.add_argument("--before-venv", type=Path, help="a venv with azprov as it was before a change: adds the "
+                   "agent azprov_before next to azprov in every scenario, measured in the same runs")
     p.add_argument("--quick", "--smoke", action="store_true",
                    help="azprov alone, one P2 run, no warm-up, no peers; prints JSON, exits 1 unless Ready")
     args = p.parse_args(argv)
@@ -410,10 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     keys = args.scenario or list(SCENARIOS)
     needs_peers = any(a in PEERS for k in keys for a in (args.agent or SCENARIOS[k].agents))
     envs = peers.prepare(args.cache, with_peers=needs_peers)
+    if args.before_venv is not None:
+        envs = dataclasses.replace(envs, before_bin=args.before_venv / "bin" / "azprov")
     (args.out / "raw").mkdir(parents=True, exist_ok=True)
     for key in keys:
         scenario = SCENARIOS[key]
-        agents = tuple(a for a in scenario.agents if not args.agent or a in args.agent)
+        expanded: list[str] = []
+        for agent in scenario.agents:
+            expanded.append(agent)
+            if agent == "azprov" and args.before_venv is not None:
+                expanded.append("azprov_before")
+        agents = tuple(a for a in expanded if not args.agent or a in args.agent or a == "azprov_before")
         with tempfile.TemporaryDirectory(prefix="azprov-bench-") as tmp:
             results = run_scenario(scenario, agents, args.runs, envs, Path(tmp), warmup=True,
                                    progress=lambda line: print(line, file=sys.stderr, flush=True))
