@@ -72,7 +72,7 @@ method = "{method}"
         print(f"{root}/etc/hostname:  {(root / 'etc' / 'hostname').read_text().strip()}")
         print("\n== azprov --status\n", flush=True)
         subprocess.run([azprov, "--config", str(config), "--status"], env=env)
-        print(f"\n== a second run (a reboot of the same VM) does nothing:\n", flush=True)
+        print("\n== a second run (a reboot of the same VM) does nothing:\n", flush=True)
         subprocess.run([azprov, "--config", str(config)], env=env)
         print(f"\nazprov exit code: {rc}; files kept in {tmp}")
         return rc

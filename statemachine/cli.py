@@ -20,7 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
-from statemachine import __version__, config, log as logsetup, persistence
+from statemachine import __version__, config, persistence
+from statemachine import log as logsetup
 from statemachine.errors import EX_USAGE, AgentError, ConfigError, StateFileError, Terminated
 from statemachine.log import fields
 
@@ -113,7 +114,7 @@ def _run_locked(cfg: config.Config, state_file: Path) -> int:
         log.error("state record is broken; moved aside, provisioning starts fresh",
                   extra=fields(reason=str(e), moved_to=str(moved)))
         record = None
-    from statemachine.runner import plan_start
+    from statemachine.resume import plan_start
 
     action, record = plan_start(record, vm_id, cfg.agent.max_boot_attempts, utc_now())
     if action == "done":

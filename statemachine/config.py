@@ -20,7 +20,7 @@ from statemachine.errors import ConfigError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on old Pythons only
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 SYSTEM_DIR = Path(os.environ.get("AZPROV_CONFIG_DIR", "/etc/azprov"))
 
@@ -182,7 +182,8 @@ def merge(config: Config, layer: Mapping[str, Any], source: str) -> Config:
 def parse_file(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            document: dict[str, Any] = tomllib.load(f)
+            return document
     except FileNotFoundError as e:
         raise ConfigError("configuration file not found", file=str(path)) from e
     except OSError as e:

@@ -74,14 +74,17 @@ class Http:
                     raise FabricError("fabric answer is too large", retryable=True, endpoint=endpoint,
                                       limit=self.max_body)
                 chunks.append(chunk)
-        except (requests.RequestException, OSError, ValueError) as e:
+        except FabricError:
+            raise
+        except Exception as e:  # requests', urllib3's (ProtocolError & co. share no base) and OSError
+            if not isinstance(e, (requests.RequestException, OSError, ValueError)) and \
+                    not type(e).__module__.startswith("urllib3"):
+                raise
+            if time.monotonic() >= deadline - 0.01:  # the socket timeout we shrank to the deadline fired
+                raise FabricError("fabric answer exceeded the per-call deadline", retryable=True,
+                                  endpoint=endpoint, timeout=self.timeout) from e
             raise FabricError("reading the fabric answer failed", retryable=True, endpoint=endpoint,
                               error=type(e).__name__, detail=str(e)[:200]) from e
-        except Exception as e:  # urllib3's ProtocolError & co. do not share a base with requests'
-            if type(e).__module__.startswith("urllib3"):
-                raise FabricError("reading the fabric answer failed", retryable=True, endpoint=endpoint,
-                                  error=type(e).__name__, detail=str(e)[:200]) from e
-            raise
 
 
 def _set_socket_timeout(raw: Any, remaining: float) -> None:

@@ -21,7 +21,8 @@ from statemachine.failpoints import failpoint
 from statemachine.log import fields
 from statemachine.machine import TERMINAL, Agent, Phase, build_machine
 from statemachine.persistence import Record
-from statemachine.timeutil import parse_utc, utc_now
+from statemachine.resume import with_transition
+from statemachine.timeutil import utc_now
 
 log = logging.getLogger("azprov")
 
@@ -42,47 +43,6 @@ POLICY = {
 }
 FAILURE_REPORT_TRIES = 3
 FAILURE_REPORT_BUDGET = 30.0
-
-
-# ---- where to start (pure) -------------------------------------------------------------------------------
-
-def fresh_record(vm_id: str | None, now: str) -> Record:
-    return Record(vm_id=vm_id, vm_id_source="smbios" if vm_id else None, created_at=now, updated_at=now,
-                  history=({"state": Phase.NETWORK_WAIT.value, "at": now, "event": "start"},))
-
-
-def plan_start(record: Record | None, vm_id: str | None, max_boot_attempts: int, now: str) -> tuple[str, Record]:
-    """What this run does with the record it found: fresh, new_vm, done, give_up, retry_failed or resume."""
-    if record is None:
-        return "fresh", fresh_record(vm_id, now)
-    if vm_id is not None and record.vm_id is not None and record.vm_id != vm_id:
-        return "new_vm", fresh_record(vm_id, now)
-    if record.vm_id is None and vm_id is not None:
-        record = dataclasses.replace(record, vm_id=vm_id, vm_id_source="smbios")
-    if record.state is Phase.DONE:
-        return "done", record
-    if record.state is Phase.FAILED:
-        if record.boot_attempts >= max_boot_attempts:
-            return "give_up", record
-        entry = {"state": Phase.NETWORK_WAIT.value, "at": now, "event": "retry_after_failure"}
-        return "retry_failed", dataclasses.replace(
-            record, state=Phase.NETWORK_WAIT, boot_attempts=record.boot_attempts + 1, attempts=0,
-            failure_reported_at=None, history=(*record.history, entry))
-    return "resume", record
-
-
-def with_transition(record: Record, state: Phase, event: str, now: str) -> Record:
-    """Append a history entry, closing the previous one with its duration."""
-    history = list(record.history)
-    if history:
-        last = dict(history[-1])
-        try:
-            last["duration_s"] = round((parse_utc(now) - parse_utc(str(last["at"]))).total_seconds(), 3)
-        except (KeyError, ValueError):
-            pass
-        history[-1] = last
-    history.append({"state": state.value, "at": now, "event": event})
-    return dataclasses.replace(record, state=state, attempts=0, history=tuple(history), updated_at=now)
 
 
 def error_entry(error: AgentError, phase: Phase) -> dict[str, Any]:

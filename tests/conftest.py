@@ -45,6 +45,7 @@ class Env:
         self.uuid_path = tmp / "product_uuid"
         self.config_path = tmp / "azprov.toml"
         (self.root / "etc").mkdir(parents=True, exist_ok=True)
+        (tmp / "efi").mkdir(exist_ok=True)  # a Gen2 (UEFI) VM: vm id = product_uuid lower-cased
         self.vm_uuid = str(uuid.uuid4())
         self.uuid_path.write_text(self.vm_uuid.upper() + "\n")
         self.settings: dict[str, dict[str, Any]] = {
@@ -76,7 +77,7 @@ class Env:
 
     @property
     def vm_id(self) -> str:
-        return self.vm_uuid.lower()  # Gen2 (efi_path absent means Gen1: see identity tests)
+        return self.vm_uuid.lower()
 
     @property
     def state_file(self) -> Path:
@@ -95,7 +96,8 @@ class Env:
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "statemachine.cli", "--config", str(self.config_path), *args]
 
-    def run(self, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(*args), env={**self.env(), **(env or {})}, capture_output=True,
                               text=True, timeout=timeout, cwd=REPO)
 

@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -224,6 +223,9 @@ class FakeFabric:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeFabric
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's delayed ACK
+    # (40 ms on Linux) and every exchange would look 40 ms slower than the agent really is.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
         pass
@@ -246,10 +248,10 @@ class _Handler(BaseHTTPRequestHandler):
         answer = fake.next_answer(route) or {}
         delay = float(answer.get("delay", 0))
         action = answer.get("action")
-        if action == "hang":
-            fake._stop.wait(delay or None)
+        if action == "hang":  # logged on arrival, so a test can act while the request is held
             entry.update(status=None, action="hang")
             fake.record(entry)
+            fake._stop.wait(delay or None)
             return self._drop(rst=False)
         if delay and action != "slow":
             fake._stop.wait(delay)
@@ -323,12 +325,6 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-def _answers(text: str) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    doc = json.loads(text)
-    for route, answers in doc.items():
-        yield route, answers
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Loopback fake of the Azure WireServer and IMDS.")
     p.add_argument("--port", type=int, default=0)
@@ -340,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--incarnation", default="1")
     p.add_argument("--listen-delay", type=float, default=0.0, help="seconds before listening")
     args = p.parse_args(argv)
-    script = dict(_answers(args.script.read_text())) if args.script else None
+    script = json.loads(args.script.read_text()) if args.script else None
     fake = FakeFabric(computer_name=args.computer_name, vm_id=args.vm_id, incarnation=args.incarnation,
                       script=script, port=args.port, log_path=args.log)
     if args.listen_delay:

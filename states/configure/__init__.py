@@ -42,4 +42,4 @@ class ConfigureStep(Protocol):
 def registry() -> dict[str, ConfigureStep]:
     from states.configure import hostname
 
-    return {"hostname": hostname}  # type: ignore[dict-item]  # modules satisfy the protocol
+    return {"hostname": hostname}
