@@ -393,7 +393,10 @@ def opt_out(image: Path, m: Machine) -> Scenario:
 def seed_boot(image: Path, m: Machine) -> Scenario:
     """The seed document's unit (script + curl hostname) on the same guest: for the timing comparison."""
     vm = str(uuid.uuid4())
-    with WatchedFabric(computer_name="web-seed", vm_id=vm_id_for(vm)) as fab:
+    # The seed's unit asks /metadata/instance/compute/name?format=text, a path the fake does not model:
+    # script that one answer (route "unknown") as IMDS would give it, so the seed gets its hostname.
+    with WatchedFabric(computer_name="web-seed", vm_id=vm_id_for(vm),
+                       script={"unknown": [{"status": 200, "body": "web-seed"}]}) as fab:
         b = m.boot("seed-first-boot", fab, vm)
     s = Scenario("seed document's unit (comparison)", [b])
     report = b.report or {}
