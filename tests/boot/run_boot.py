@@ -141,6 +141,8 @@ class Boot:
     killed: bool = False
     fabric_entries: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] | None = None
+    # The host's 1-minute load average at start and end: TCG timings move with it (2 shared cores here).
+    host_load: tuple[float, float] = (0.0, 0.0)
 
     def ready_at(self) -> float | None:
         for e in self.fabric_entries:
@@ -180,6 +182,7 @@ class Machine:
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=qemu_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         boot = Boot(name=name, serial=serial, started=started)
+        load_start = os.getloadavg()[0]
         try:
             while proc.poll() is None:
                 if time.monotonic() - started > BOOT_TIMEOUT:
@@ -197,6 +200,7 @@ class Machine:
                 proc.wait()
             qemu_log.close()
         boot.ended = time.monotonic()
+        boot.host_load = (round(load_start, 2), round(os.getloadavg()[0], 2))
         time.sleep(0.2)  # let the fake log the last answers
         boot.fabric_entries = fabric.log[first_entry:]
         if proc.returncode not in (0, -signal.SIGKILL):
@@ -351,26 +355,54 @@ def expect_unit_ok(boot: Boot) -> None:
 
 def power_cut(image: Path, m: Machine) -> Scenario:
     """Scenario 2: the fabric holds the health POST; the VM loses power; the next boot resumes and ends Ready."""
+    return _power_cut(m, "health", "reporting", "2", "power cut during the health POST, then boot again")
+
+
+def power_cut_imds(image: Path, m: Machine) -> Scenario:
+    """Scenario 2b: Ready already accepted, the fabric holds the IMDS GET; the power goes; the next boot
+    finishes configuring without a second Ready."""
+    return _power_cut(m, "imds", "configuring", "2b", "power cut during the IMDS GET (after Ready), then boot again")
+
+
+def _power_cut(m: Machine, route: str, state_after_cut: str, tag: str, title: str) -> Scenario:
     vm = str(uuid.uuid4())
-    fab = WatchedFabric(computer_name="web-cut", vm_id=vm_id_for(vm), script={"health": [{"action": "hang"}]})
+    fab = WatchedFabric(computer_name="web-cut", vm_id=vm_id_for(vm), script={route: [{"action": "hang"}]})
     with fab:
-        b1 = m.boot("2-power-cut", fab, vm, cut_when=lambda since: fab.arrived("health", since))
+        b1 = m.boot(f"{tag}-power-cut", fab, vm, cut_when=lambda since: fab.arrived(route, since))
         on_disk = m.read_json(STATE_FILE)
-        b2 = m.boot("2-after-power-cut", fab, vm)
-    s = Scenario("power cut during the health POST, then boot again", [b1, b2])
+        b2 = m.boot(f"{tag}-after-power-cut", fab, vm)
+    s = Scenario(title, [b1, b2])
 
     def checks() -> None:
-        check(b1.killed and fab.arrived("health"), "power cut: the health POST never arrived")
+        check(b1.killed and fab.arrived(route), f"power cut: the {route} request never arrived")
         check(on_disk is not None, "power cut: no record on the disk after the cut")
         assert on_disk is not None
         s.notes["state_on_disk_after_cut"] = on_disk.get("state")
-        check(on_disk.get("state") == "reporting", "power cut: record on disk should say reporting", on_disk)
-        status = expect_provisioned(b2, "web-cut", vm_id_for(vm))
-        check(any(e["route"] == "health" for e in b2.fabric_entries), "resume: no health POST", _routes(b2))
+        check(on_disk.get("state") == state_after_cut, f"power cut: record on disk should say {state_after_cut}",
+              on_disk)
+        status = expect_provisioned_after_cut(b1, b2, route, vm_id_for(vm))
         s.notes["boot_attempts"] = status.get("boot_attempts")
         s.notes["history"] = [h.get("state") for h in status.get("history", [])]
     run_checks(s, checks)
     return s
+
+
+def expect_provisioned_after_cut(b1: Boot, b2: Boot, held: str, vm_id: str) -> dict[str, Any]:
+    readies = [b for b in (b1, b2) if b.ready_at() is not None]
+    status = expect_provisioned(b2, "web-cut", vm_id) if held == "health" else {}
+    if held == "health":
+        check(readies == [b2], "resume: Ready should be accepted in the second boot only", _routes(b2))
+    else:
+        # Ready went through before the cut; the resumed boot must not report it again.
+        check(readies == [b1], "resume: Ready should be accepted once, before the cut", (_routes(b1), _routes(b2)))
+        check(not any(e["route"] == "health" for e in b2.fabric_entries), "resume: a second health POST",
+              _routes(b2))
+        report = b2.report or {}
+        status = status_of(b2)
+        check(report.get("hostname") == "web-cut", "resume: hostname", report.get("hostname"))
+        check(status.get("state") == "done", "resume: record", status)
+        expect_unit_ok(b2)
+    return status
 
 
 def opt_out(image: Path, m: Machine) -> Scenario:
@@ -463,7 +495,7 @@ def boot_doc(b: Boot) -> dict[str, Any]:
             "unit_start_guest_s": _usec(props.get("InactiveExitTimestampMonotonic")),
             "unit_done_guest_s": done,
             "unit": {k: props.get(k) for k in ("ActiveState", "SubState", "Result", "ConditionResult")},
-            "timings_warm": report.get("timings_warm")}
+            "host_load_1min": list(b.host_load), "timings_warm": report.get("timings_warm")}
 
 
 def _round(v: float | None) -> float | None:
@@ -485,8 +517,8 @@ def markdown(doc: dict[str, Any]) -> str:
              f"kernel {doc['kernel']} booted directly). Times are seconds from QEMU start (host clock) unless "
              "marked guest (since the guest kernel started).", "",
              "| scenario | boot | result | first fabric request | Ready accepted | unit started (guest) "
-             "| unit done (guest) | fabric requests |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| unit done (guest) | fabric requests | host load |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in doc["scenarios"]:
         for b in s["boots"]:
             result = "ok" if s["ok"] else "FAIL"
@@ -498,7 +530,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 state = "skipped (condition)"
             lines.append(f"| {s['name']} | {b['boot']} | {result}, unit {state} | {_md(b['first_fabric_request_s'])} "
                          f"| {_md(b['ready_accepted_s'])} | {_md(b['unit_start_guest_s'])} "
-                         f"| {_md(b['unit_done_guest_s'])} | {len(b['fabric_requests'])} |")
+                         f"| {_md(b['unit_done_guest_s'])} | {len(b['fabric_requests'])} "
+                         f"| {b['host_load_1min'][0]:.1f}–{b['host_load_1min'][1]:.1f} |")
     for s in doc["scenarios"]:
         notes = s["notes"]
         if "azprov_ready_s" in notes:
@@ -513,8 +546,12 @@ def _md(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 # ---- main ------------------------------------------------------------------------------------------------------
-SCENARIOS = ("first-boot-chain", "power-cut", "opt-out", "compare")
+SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -527,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write docs/boot-results.json and docs/boot-results.md in the repository")
     p.add_argument("--work", type=Path, help="work directory (default: a new one under the cache)")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)  # unwind, so `finally` blocks stop QEMU and the fabric
     preflight()
     chosen = args.scenario or [s for s in SCENARIOS if not (s == "compare" and args.no_compare)]
     (CACHE / "runs").mkdir(parents=True, exist_ok=True)
@@ -540,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
     scenarios: list[Scenario] = []
     runners: dict[str, Callable[[Path, Machine], Any]] = {
-        "first-boot-chain": first_boot_chain, "power-cut": power_cut, "opt-out": opt_out}
+        "first-boot-chain": first_boot_chain, "power-cut": power_cut, "power-cut-imds": power_cut_imds,
+        "opt-out": opt_out}
     for name in chosen:
         if name == "compare" and "seed" not in images:
             say(f"{name}: skipped (the seed document is not at {seed.SEED_DIR})")
@@ -569,6 +608,9 @@ def main(argv: list[str] | None = None) -> int:
         (REPO / "docs/boot-results.md").write_text(markdown(doc))
     print(markdown(doc))
     failed = [s for s in scenarios if not s.ok]
+    if not failed and os.environ.get("AZPROV_BOOT_KEEP") != "1":
+        for image in work.glob("*.img"):  # ~1 GB each; the logs and results stay
+            image.unlink()
     for s in scenarios:
         print(f"{'PASS' if s.ok else 'FAIL'}  {s.name}" + (f"  -- {s.error}" if s.error else ""))
     say(f"{len(scenarios) - len(failed)} passed, {len(failed)} failed in {time.monotonic() - t0:.0f}s; logs in {work}")
