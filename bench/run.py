@@ -313,6 +313,7 @@ def render(out_dir: Path) -> str:
         lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in json.loads(metas.pop()).items()),
                   f"Machine: {next(iter(raws.values()))['meta']['machine']}" if raws else ""]
     lines.append("")
+    lines += render_targets({k: r["summary"] for k, r in raws.items()})
     for key, raw in raws.items():
         scenario = dataclasses.replace(SCENARIOS[key], agents=tuple(raw["summary"]))
         lines += render_table(scenario, raw["summary"]) + [""]
@@ -322,6 +323,46 @@ def render(out_dir: Path) -> str:
 
     lines += importtime.render(out_dir / "raw")
     return "\n".join(lines) + "\n"
+
+
+def _median(stats: dict[str, dict[str, Any]], agent: str, metric: str) -> float | None:
+    return ((stats.get(agent) or {}).get(metric) or {}).get("median")
+
+
+def render_targets(summaries: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Each target of issue 6, checked against the medians below (wall time, and CPU time where a ratio)."""
+    rows: list[tuple[str, str, float | None, float]] = []  # (scenario, what, measured, limit)
+
+    def ratio(key: str, metric: str, other: str, agent: str = "azprov") -> float | None:
+        ours, theirs = _median(summaries.get(key, {}), agent, metric), _median(summaries.get(key, {}), other, metric)
+        return ours / theirs if ours is not None and theirs else None
+
+    if "P1" in summaries:
+        rows.append(("P1", "Ready after the listen, median (s)", _median(summaries["P1"], "azprov", "after_listen_s"),
+                     0.050))
+    if "P2" in summaries:
+        rows += [("P2", "start→exit ÷ import floor (wall)", ratio("P2", "wall_s", "import_floor"), 1.0),
+                 ("P2", "start→exit ÷ import floor (CPU)", ratio("P2", "cpu_s", "import_floor"), 1.0),
+                 ("P2", "start→exit ÷ cloud-init (wall)", ratio("P2", "wall_s", "cloudinit"), 0.8)]
+    for key, limit in (("P3a", 1.5), ("P3b", 3.5), ("P3c", 0.5)):
+        if key in summaries:
+            rows.append((key, "start→Ready, median (s)", _median(summaries[key], "azprov", "ready_s"), limit))
+    if "P4" in summaries:
+        rows += [("P4", "azprov ÷ python -c pass (wall)", ratio("P4", "wall_s", "python_pass"), 1.5),
+                 ("P4", "azprov ÷ python -c pass (CPU)", ratio("P4", "cpu_s", "python_pass"), 1.5),
+                 ("P4", "plain launcher ÷ python -c pass (wall)",
+                  ratio("P4", "wall_s", "python_pass", "azprov_script"), 1.5),
+                 ("P4", "plain launcher ÷ python -c pass (CPU)",
+                  ratio("P4", "cpu_s", "python_pass", "azprov_script"), 1.5)]
+    if "P2" in summaries:
+        rows.append(("P5", "peak RSS ÷ import floor", ratio("P2", "rss_kib", "import_floor"), 1.1))
+    lines = ["## Targets (issue 6), from the medians below", "", "| | measure | azprov | target | met |",
+             "|---|---|---:|---:|---|"]
+    for key, what, value, limit in rows:
+        shown = "—" if value is None else f"{value:.3f}"
+        met = "—" if value is None else ("yes" if value <= limit else "**no**")
+        lines.append(f"| {key} | {what} | {shown} | ≤ {limit:g} | {met} |")
+    return lines + [""]
 
 
 def render_p5(stats: dict[str, dict[str, Any]]) -> list[str]:
