@@ -47,6 +47,50 @@ print(time.perf_counter() - t, spent[0], spent[1])
 """
 
 
+LEAN = ("import gc, sys, warnings; gc.disable(); sys.modules['charset_normalizer'] = None; "
+        "sys.modules['chardet'] = None; warnings.filterwarnings('ignore', message='Unable to find acceptable'); "
+        "import requests, lxml.etree, transitions; ")
+AZPROV_MODULES = ("statemachine.cli, statemachine.runner, statemachine.fabric, statemachine.machine, "
+                  "states.configuring, states.goalstate, states.reporting, states.network_wait, "
+                  "states.configure.hostname")
+DECOMPOSITION = (  # label, what it shows
+    ("floor", "`import requests, lxml.etree, transitions` (the P2 reference)"),
+    ("lean_floor", "the same with every start-up trick azprov uses: gc off, no charset detector, frozen at exit"),
+    ("lean_floor_plus_modules", "lean floor + importing azprov's modules on the P2 path (no work done)"),
+    ("azprov_run", "a whole azprov provisioning run (P2)"),
+)
+
+
+def cpu_of(argv: list[str]) -> tuple[float, float]:
+    """(wall, CPU user+system) seconds of one child run."""
+    import os
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=run.child_env())
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{argv} exited {status}")
+    return time.monotonic() - t0, usage.ru_utime + usage.ru_stime
+
+
+def decompose(python: str, azprov: str, repeat: int = 15) -> dict[str, dict[str, float]]:
+    """Where P2's time goes, as CPU: each step adds one thing to the one before, interleaved runs."""
+    samples: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in DECOMPOSITION}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            samples["floor"].append(cpu_of([python, "-c", "import requests, lxml.etree, transitions"]))
+            samples["lean_floor"].append(cpu_of([python, "-c", LEAN + "gc.freeze()"]))
+            samples["lean_floor_plus_modules"].append(
+                cpu_of([python, "-c", LEAN + f"import {AZPROV_MODULES}; gc.freeze()"]))
+            with FakeFabric(computer_name=run.COMPUTER_NAME, vm_id=run.VM_UUID) as fab:
+                config = run.azprov_config(Path(tmp) / f"d{i}", fab.url)
+                samples["azprov_run"].append(cpu_of([azprov, "--config", str(config)]))
+    return {label: {"wall_ms": statistics.median(w for w, _ in v) * 1000,
+                    "cpu_ms": statistics.median(c for _, c in v) * 1000,
+                    "cpu_min_ms": min(c for _, c in v) * 1000} for label, v in samples.items()}
+
+
 def parse(stderr: str) -> dict[str, Any]:
     """Total of the top-level cumulative times, and self time grouped by top-level package (ms)."""
     total = 0
@@ -119,6 +163,14 @@ def render(raw_dir: Path) -> list[str]:
     cells = [f"{found[lb]['gc_during_floor_imports']['gc_ms']:.1f} ms in "
              f"{found[lb]['gc_during_floor_imports']['collections']:.0f} collections" for lb in labels]
     lines += ["| gc during the floor's imports | " + " | ".join(cells) + " |", ""]
+    decomposition = next((found[lb]["decomposition"] for lb in labels if "decomposition" in found[lb]), None)
+    if decomposition:
+        lines += ["### Where P2's time goes (CPU, median of 15 interleaved runs, current tree)", "",
+                  "| step | what it adds | CPU ms | min | wall ms |", "|---|---|---:|---:|---:|"]
+        for label, what in DECOMPOSITION:
+            d = decomposition[label]
+            lines.append(f"| {label} | {what} | {d['cpu_ms']:.1f} | {d['cpu_min_ms']:.1f} | {d['wall_ms']:.1f} |")
+        lines.append("")
     for lb in labels:
         for key in ("full_run", "done_run"):
             top = ", ".join(f"{name} {ms:.1f}" for name, ms in found[lb][key]["top"][:10])
@@ -143,6 +195,7 @@ def main() -> int:
         label, venv = spec.split("=", 1)
         builds[label] = (str(Path(venv) / "bin" / "python"), str(Path(venv) / "bin" / "azprov"))
     results = measure(builds, str(envs.azprov_python))
+    results[args.label]["decomposition"] = decompose(str(envs.azprov_python), str(envs.azprov_bin))
     stamp = {"commit": run.git_commit(), "date": run.time.strftime("%Y-%m-%d %H:%M UTC", run.time.gmtime())}
     raw_dir = HERE / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,10 @@ def already_done(argv: Sequence[str]) -> bool:
         level = override
     if level not in _QUIET_LEVELS:
         line = f"{MESSAGE} vm_id={vm_id!r}"
-        print(f"<6>{line}" if os.environ.get("JOURNAL_STREAM") else line, flush=True)
+        try:
+            print(f"<6>{line}" if os.environ.get("JOURNAL_STREAM") else line, flush=True)
+        except (OSError, ValueError):  # a closed stdout: logging would also carry on, and so do we
+            pass
     return True
 
 
