@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -59,6 +60,18 @@ class ConfigureConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class UserConfig:
+    groups: tuple[str, ...] = ("sudo",)
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaConfig:
+    enabled: bool = False
+    device: str = "/dev/sr0"
+    path: str = "ovf-env.xml"
+
+
+@dataclasses.dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -81,6 +94,8 @@ class Config:
     identity: IdentityConfig = dataclasses.field(default_factory=IdentityConfig)
     hostname: HostnameConfig = dataclasses.field(default_factory=HostnameConfig)
     configure: ConfigureConfig = dataclasses.field(default_factory=ConfigureConfig)
+    user: UserConfig = dataclasses.field(default_factory=UserConfig)
+    media: MediaConfig = dataclasses.field(default_factory=MediaConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
     kvp: KvpConfig = dataclasses.field(default_factory=KvpConfig)
@@ -114,7 +129,7 @@ def _absolute(v: Any) -> str | None:
 
 
 # The configure steps states/configure/ provides, in the order they make sense to run.
-KNOWN_STEPS = ("hostname",)
+KNOWN_STEPS = ("hostname", "user", "ssh_keys")
 
 
 def _steps(v: Any) -> str | None:
@@ -124,6 +139,16 @@ def _steps(v: Any) -> str | None:
     if len(set(v)) != len(v):
         return "lists a step twice"
     return None
+
+
+def _group_names(v: Any) -> str | None:
+    bad = [g for g in v if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", g)]
+    return f"not group names: {', '.join(map(repr, bad))}" if bad else None
+
+
+def _relative_file(v: Any) -> str | None:
+    ok = v and not v.startswith("/") and ".." not in v.split("/")
+    return None if ok else "must be a path relative to the media's root, without '..'"
 
 
 CHECKS: dict[str, Callable[[Any], str | None]] = {
@@ -140,6 +165,9 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "identity.efi_path": _absolute,
     "hostname.method": _one_of("auto", "hostnamectl", "sethostname", "file"),
     "configure.steps": _steps,
+    "user.groups": _group_names,
+    "media.device": _absolute,
+    "media.path": _relative_file,
     "log.level": _one_of("debug", "info", "warning", "error"),
     "agent.max_boot_attempts": _positive,
     "kvp.pool_path": _absolute,

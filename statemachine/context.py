@@ -98,5 +98,6 @@ class Context:
         if self._http is None:
             from statemachine import fabric
 
-            self._http = fabric.Http(fabric.new_session(), self.config.fabric.request_timeout)
+            self._http = fabric.Http(fabric.new_session(), self.config.fabric.request_timeout,
+                                     remaining=self.remaining)
         return self._http

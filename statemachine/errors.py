@@ -86,6 +86,10 @@ class ConfigureError(AgentError):
     """A local change on the VM failed."""
 
 
+class MediaError(AgentError):
+    """The provisioning media (the ovf-env.xml CD) cannot be mounted or read, or its document is invalid."""
+
+
 class StateFileError(AgentError):
     """The persisted record is unreadable, of an unknown schema, or not safe to use."""
 

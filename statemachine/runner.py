@@ -42,8 +42,7 @@ POLICY = {
     Phase.REPORTING: retry.WIRESERVER,
     Phase.CONFIGURING: retry.IMDS,
 }
-FAILURE_REPORT_TRIES = 3
-FAILURE_REPORT_BUDGET = 30.0
+FAILURE_REPORT_BUDGET = 30.0  # at most; never more than fabric.wireserver_timeout
 
 
 def error_entry(error: AgentError, phase: Phase) -> dict[str, Any]:
@@ -56,11 +55,14 @@ class Store:
     """Saves the record; when the disk refuses (read-only, full), carries on in memory and says so once:
     reporting Ready matters more than remembering that we did."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled  # False: the state directory is unusable, keep everything in memory
         self.failed: StateFileError | None = None
 
     def save(self, record: Record) -> None:
+        if not self.enabled:
+            return
         try:
             persistence.save(self.path, record)
         except StateFileError as e:
@@ -199,13 +201,17 @@ class Runner:
         self._fire("fail")
 
     def _report(self, e: AgentError) -> bool:
+        """Keep trying to tell the platform for the report's own budget (the WireServer may be between two
+        503s): the sooner it knows, the sooner the deployment fails instead of timing out."""
         ctx = self.ctx
-        ctx.deadline = ctx.clock() + FAILURE_REPORT_BUDGET
-        for attempt in range(1, FAILURE_REPORT_TRIES + 1):
+        ctx.deadline = ctx.clock() + min(FAILURE_REPORT_BUDGET, ctx.config.fabric.wireserver_timeout)
+        attempt = 0
+        while True:
+            attempt += 1
             if self.report_failure(ctx, self.record, e):
                 return True
             delay = retry.WIRESERVER.delay(attempt)
-            if attempt == FAILURE_REPORT_TRIES or ctx.clock() + delay >= ctx.deadline:
-                break
+            if ctx.clock() + delay >= ctx.deadline:
+                log.warning("giving up reporting the failure", extra=fields(attempts=attempt))
+                return False
             ctx.sleep(delay)
-        return False

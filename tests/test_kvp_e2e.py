@@ -290,3 +290,24 @@ def test_sigterm_is_told_to_the_host_and_the_next_run_says_resume(vm: Env, fabri
     assert vm.run().returncode == 0
     resumed = [report_fields(r.value) for r in records(pool) if "|enter|configuring|" in r.key]
     assert [e["msg"] for e in resumed] == ["reported", "resume"]
+
+
+def test_kvp_command_prints_the_pool(vm: Env, fabric: FakeFabric) -> None:
+    with_pool(vm)
+    assert vm.run("kvp").returncode == 1  # nothing written yet
+    assert vm.run().returncode == 0
+    out = vm.run("kvp")
+    assert out.returncode == 0 and "PROVISIONING_REPORT" in out.stdout and "|enter|done|" in out.stdout
+    data = json.loads(vm.run("kvp", "--json").stdout)
+    assert data["records"][-1]["key"].split("|")[2:4] == ["enter", "done"]
+    assert vm.run("kvp", "--status").returncode == 64
+
+
+def test_status_kvp_still_shows_the_pool_when_the_record_is_broken(vm: Env, fabric: FakeFabric) -> None:
+    with_pool(vm)
+    assert vm.run().returncode == 0
+    vm.state_file.write_text("{broken")
+    out = vm.run("--status", "--kvp")
+    assert out.returncode == 1 and "PROVISIONING_REPORT" in out.stdout
+    data = json.loads(vm.run("--status", "--kvp", "--json").stdout)
+    assert data["state"] == "unknown" and data["kvp"]["records"]
