@@ -13,10 +13,11 @@ from typing import Any, Callable
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# `<clone>/../shared` in CI; AZPROV_FIXTURES points elsewhere; a worktree under /work/wt/<name> finds
-# /work/shared one level further up.
-_SHARED = [REPO.parent / "shared" / "fixtures" / "azure", REPO.parent.parent / "shared" / "fixtures" / "azure"]
-FIXTURES = Path(os.environ.get("AZPROV_FIXTURES") or next((p for p in _SHARED if p.is_dir()), _SHARED[0]))
+# `<clone>/../shared` in CI; worktrees under /work/wt/<name> find it one level further up;
+# AZPROV_FIXTURES points anywhere else.
+FIXTURES = Path(os.environ.get("AZPROV_FIXTURES") or next(
+    (p for p in (REPO.parent / "shared" / "fixtures" / "azure", REPO.parent.parent / "shared" / "fixtures" / "azure")
+     if p.is_dir()), REPO.parent / "shared" / "fixtures" / "azure"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from fakefabric import FakeFabric  # noqa: E402
