@@ -71,7 +71,10 @@ def split_utf8(value: str, limit: int = MAX_VALUE_BYTES) -> list[bytes]:
 
 
 def _check_key(key: str) -> bytes:
-    raw = key.encode("utf-8", "strict") if "\x00" not in key else b""
+    try:
+        raw = key.encode("utf-8") if "\x00" not in key else b""
+    except UnicodeEncodeError as e:  # lone surrogates
+        raise KvpError("KVP key is not encodable as UTF-8", key=ascii(key[:64])) from e
     if not raw:
         raise KvpError("KVP key is empty or contains NUL", key=key[:64])
     if len(raw) > MAX_KEY_BYTES:

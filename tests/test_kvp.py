@@ -59,7 +59,7 @@ def test_split_never_cuts_a_character_and_every_part_is_valid_utf8() -> None:
     assert rec == KvpRecord("event", value, parts=3)
 
 
-@pytest.mark.parametrize("key", ["", "a\x00b", "x" * 255, "é" * 128, "name|1/2"])
+@pytest.mark.parametrize("key", ["", "a\x00b", "x" * 255, "é" * 128, "name|1/2", "lone\ud800surrogate"])
 def test_bad_keys_are_refused(key: str) -> None:
     with pytest.raises(KvpError):
         encode(key, "v")
@@ -72,9 +72,19 @@ def test_key_without_room_for_the_part_suffix_is_refused_only_when_split() -> No
         encode(key, "v" * 2000)
 
 
-def test_nul_in_value_is_refused() -> None:
+@pytest.mark.parametrize("value", ["a\x00b", "lone\udfffsurrogate"])
+def test_unencodable_values_are_refused(value: str) -> None:
     with pytest.raises(KvpError):
-        encode("k", "a\x00b")
+        encode("k", value)
+
+
+@given(key=st.text(), value=st.text())
+def test_encode_raises_only_kvp_error(key: str, value: str) -> None:
+    try:
+        records = encode(key, value)
+    except KvpError:
+        return
+    assert decode_pool(b"".join(records)) == [KvpRecord(key, value, parts=len(records))]
 
 
 @settings(max_examples=300)
@@ -220,3 +230,25 @@ def test_format_pool_shows_rejoined_entries(tmp_path: Path) -> None:
     assert text.splitlines()[0].endswith("3 records, 2 entries")
     assert "PROVISIONING_REPORT" in text and "long (2 parts)" in text and "é" * 700 in text
     assert "no KVP pool" in format_pool(tmp_path / "missing")
+
+
+def _writer_process(path: str, name: str, count: int) -> None:
+    pool = KvpPool(Path(path), boot=lambda: 0.0, lock_wait=30.0)
+    for i in range(count):
+        assert pool.write([(f"{name}-{i}", f"{name}:{i}:" + "ß" * 1200)])  # 2.4 KB: three parts each
+
+
+def test_concurrent_writers_never_interleave_the_parts_of_a_value(tmp_path: Path) -> None:
+    import multiprocessing
+
+    pool = pool_in(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer_process, args=(str(pool.path), f"w{n}", 25)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    records = pool.read()
+    assert len(records) == 100 and all(r.parts == 3 for r in records)
+    assert all(r.value == f"{r.key.replace('-', ':')}:" + "ß" * 1200 for r in records)
