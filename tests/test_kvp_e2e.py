@@ -311,3 +311,25 @@ def test_status_kvp_still_shows_the_pool_when_the_record_is_broken(vm: Env, fabr
     assert out.returncode == 1 and "PROVISIONING_REPORT" in out.stdout
     data = json.loads(vm.run("--status", "--kvp", "--json").stdout)
     assert data["state"] == "unknown" and data["kvp"]["records"]
+
+
+def test_health_report_refused_leaves_the_reason_in_kvp(vm: Env, fabric: FakeFabric) -> None:
+    """The fabric answers 400 to every report: nothing reaches the portal, KVP still explains."""
+    pool = with_pool(vm)
+    fabric.set_script("health", [{"status": 400}] * 50)
+    assert vm.run().returncode == 1
+    assert fabric.ready_reports() == [] and fabric.failure_reports() == []
+    fields = report_fields(reports(pool)[-1])
+    assert fields["result"] == "error" and fields["reason"] == "fabric answered with an error status"
+    assert fields["endpoint"] == "health" and fields["status"] == "400"
+    assert events(pool)[-2:] == [("leave", "reporting"), ("enter", "failed")]
+
+
+def test_unexpected_bug_is_reported_like_any_failure(vm: Env, fabric: FakeFabric) -> None:
+    pool = with_pool(vm)
+    out = vm.run(env={"AZPROV_FAILPOINT": "reporting.after_post:raise"})
+    assert out.returncode == 1
+    [failure] = fabric.failure_reports()
+    fields = report_fields(failure["description"])
+    assert fields["reason"] == "unexpected internal error" and fields["error"] == "FailpointError"
+    assert reports(pool)[-1] == failure["description"]
