@@ -231,12 +231,17 @@ class KvpPool:
             waited += 0.05
 
     def _truncate_if_stale(self, fd: int) -> None:
-        """Under the lock: records older than this boot belong to another life of the disk."""
+        """Under the lock: records older than this boot belong to another life of the disk. A torn record
+        at the end (a writer that died mid-write) is cut off, or every record we append would be misread."""
         booted = self.boot()
         st = os.fstat(fd)
         if booted is not None and st.st_size and st.st_mtime < booted:
             os.ftruncate(fd, 0)
             log.debug("KVP pool predates this boot; truncated", extra=fields(path=str(self.path)))
+        elif st.st_size % RECORD_SIZE:
+            os.ftruncate(fd, st.st_size - st.st_size % RECORD_SIZE)
+            log.warning("KVP pool ended in a torn record; cut it off", extra=fields(
+                path=str(self.path), bytes=st.st_size % RECORD_SIZE))
 
     def read(self) -> list[KvpRecord]:
         with open(self.path, "rb") as f:

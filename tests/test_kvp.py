@@ -176,6 +176,14 @@ def test_unknown_boot_time_never_truncates(tmp_path: Path) -> None:
     assert [r.key for r in pool.read()] == ["kept", "ours"]
 
 
+def test_torn_record_at_the_end_is_cut_before_appending(tmp_path: Path) -> None:
+    pool = pool_in(tmp_path, boot=None)
+    pool.path.write_bytes(b"".join(encode("whole", "x")) + b"torn-half-record")
+    assert pool.write([("ours", "1")])
+    assert pool.path.stat().st_size == 2 * RECORD_SIZE
+    assert [r.key for r in pool.read()] == ["whole", "ours"]
+
+
 def test_writer_waits_for_the_flock_of_another_writer(tmp_path: Path) -> None:
     pool = pool_in(tmp_path)
     pool.path.touch()
