@@ -180,6 +180,7 @@ class KvpPool:
         self.sleep = sleep
         self._said_absent = False
         self._said_failed = False
+        self._stale_checked = False
 
     def write(self, items: Iterable[tuple[str, str]]) -> bool:
         """Append the items (each possibly split) in one locked write. True when they reached the file."""
@@ -233,7 +234,8 @@ class KvpPool:
     def _truncate_if_stale(self, fd: int) -> None:
         """Under the lock: records older than this boot belong to another life of the disk. A torn record
         at the end (a writer that died mid-write) is cut off, or every record we append would be misread."""
-        booted = self.boot()
+        booted = None if self._stale_checked else self.boot()
+        self._stale_checked = True  # once per process: a clock stepped forward later must not wipe this boot
         st = os.fstat(fd)
         if booted is not None and st.st_size and st.st_mtime < booted:
             os.ftruncate(fd, 0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from statemachine import kvp
 from statemachine.errors import KvpError
@@ -161,6 +164,16 @@ def test_stale_pool_is_truncated_once_per_boot(tmp_path: Path) -> None:
     assert [r.key for r in pool.read()] == ["new", "newer"]
 
 
+def test_staleness_is_judged_once_per_process(tmp_path: Path) -> None:
+    boot = [0.0]
+    (tmp_path / "hyperv").mkdir()
+    pool = KvpPool(tmp_path / "hyperv" / ".kvp_pool_1", boot=lambda: boot[0])
+    assert pool.write([("first", "1")])
+    boot[0] = time.time() + 3600  # the clock was stepped forward: btime moves with it
+    assert pool.write([("second", "2")])
+    assert [r.key for r in pool.read()] == ["first", "second"]
+
+
 def test_fresh_pool_is_kept(tmp_path: Path) -> None:
     pool = pool_in(tmp_path, boot=time.time() - 60)
     pool.path.write_bytes(b"".join(encode("earlier-this-boot", "x")))  # e.g. cloud-init's records
@@ -260,3 +273,61 @@ def test_concurrent_writers_never_interleave_the_parts_of_a_value(tmp_path: Path
     records = pool.read()
     assert len(records) == 100 and all(r.parts == 3 for r in records)
     assert all(r.value == f"{r.key.replace('-', ':')}:" + "ß" * 1200 for r in records)
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """Writes, reboots and torn tails in any order: the pool always decodes to what this boot wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="kvp-machine-"))
+        self.boot = time.time() - 60
+        self.pool = self.new_process()
+        self.model: list[tuple[str, str]] = []
+        self.stale = False
+
+    @rule(items=st.lists(st.tuples(KEYS, TEXT), min_size=1, max_size=3))
+    def write(self, items: list[tuple[str, str]]) -> None:
+        assert self.pool.write(items)
+        self.model = ([] if self.stale else self.model) + items
+        self.stale = False
+
+    def new_process(self) -> KvpPool:
+        return KvpPool(self.dir / ".kvp_pool_1", boot=lambda: self.boot)
+
+    @rule()
+    def reboot(self) -> None:
+        if self.pool.path.exists():
+            os.utime(self.pool.path, (self.boot - 30, self.boot - 30))  # last written in an earlier boot
+            self.stale = True
+        self.pool = self.new_process()
+
+    @rule()
+    def rerun_in_the_same_boot(self) -> None:
+        self.pool = self.new_process()
+
+    @rule(tail=st.binary(min_size=1, max_size=RECORD_SIZE - 1))
+    def tear(self, tail: bytes) -> None:
+        if self.pool.path.exists():
+            mtime = self.pool.path.stat().st_mtime
+            with open(self.pool.path, "ab") as f:
+                f.write(tail)
+            os.utime(self.pool.path, (mtime, mtime))  # a torn write does not make a stale pool fresh
+
+    @invariant()
+    def decodes_to_the_model(self) -> None:
+        if not self.pool.path.exists():
+            assert self.model == []
+            return
+        expected = [] if self.stale else self.model
+        got = [(r.key, r.value) for r in decode_pool(self.pool.path.read_bytes())]
+        if self.stale:  # not yet truncated: still shows the earlier boot until this boot writes
+            return
+        assert got == expected
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+PoolMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None)
+test_pool_state_machine = PoolMachine.TestCase
