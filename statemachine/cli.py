@@ -3,8 +3,10 @@ the only place where errors become exit codes.
 
 Exit codes of a run: 0 DONE, 1 FAILED, 78 configuration error, 75 lock not obtained, 64 usage error,
 143/130 terminated by SIGTERM/SIGINT. `--status`: 0 ok (done, running, not started), 1 failed,
-2 done with recoverable errors. The DONE fast path (a provisioned VM's later boots) reads the record and
-exits without importing transitions, requests or lxml.
+2 done with recoverable errors. `--dry-run`: 0 every step can plan, 2 only recoverable problems, 1 a step
+would fail (or the fabric cannot be read). `clean`: 0 cleaned, 75 a run holds the lock. The DONE fast
+path (a provisioned VM's later boots) reads the record and exits without importing transitions, requests
+or lxml.
 """
 
 from __future__ import annotations
@@ -41,14 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="show the provisioning record and exit")
     p.add_argument("--json", action="store_true", help="with --status: machine-readable output")
     p.add_argument("--wait", action="store_true", help="with --status: wait until provisioning has ended")
+    p.add_argument("--dry-run", action="store_true",
+                   help="read the goal state and IMDS, print what each configure step would change; "
+                   "change nothing, post nothing")
+    p.add_argument("command", nargs="?", choices=["clean"],
+                   help="clean: remove azprov's records before capturing an image")
+    p.add_argument("--logs", action="store_true", help="with clean: also remove azprov's log files")
+    p.add_argument("--machine-id", action="store_true",
+                   help="with clean: also reset /etc/machine-id to 'uninitialized'")
+    p.add_argument("--kvp", action="store_true", help="with --status: also decode the Hyper-V KVP pool")
     p.add_argument("--version", action="version", version=f"azprov {__version__}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.json or args.wait) and not args.status:
-        build_parser().error("--json and --wait go with --status")
+    if (args.wait or args.kvp) and not args.status:
+        build_parser().error("--wait and --kvp go with --status")
+    if args.json and not (args.status or args.dry_run):
+        build_parser().error("--json goes with --status or --dry-run")
+    if (args.logs or args.machine_id) and args.command != "clean":
+        build_parser().error("--logs and --machine-id go with clean")
+    if sum((args.status, args.dry_run, args.command is not None)) > 1:
+        build_parser().error("--status, --dry-run and clean exclude each other")
     try:
         cfg = config.load_layers(args.config)
     except ConfigError as e:
@@ -57,17 +74,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.setup(cfg.log.level)
     state_file = cfg.state_dir / persistence.STATE_FILE
     if args.status:
-        return status(state_file, args.json, args.wait)
+        return status(state_file, args.json, args.wait, kvp_pool(cfg) if args.kvp else None)
+    if args.dry_run:
+        return dry_run(cfg, args.json)
+    if args.command == "clean":
+        return clean(cfg, args.logs, args.machine_id)
     return run(cfg, state_file)
 
 
-def status(state_file: Path, as_json: bool, wait: bool) -> int:
+def dry_run(cfg: config.Config, as_json: bool) -> int:
+    """Plan only. Logs go to stderr so stdout holds nothing but the plan."""
+    from statemachine.context import Context
+    from states import dryrun
+
+    for name in ("azprov", "statemachine", "states"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(sys.stderr)
+    try:
+        result = dryrun.plan(Context(cfg))
+    except AgentError as e:
+        if as_json:
+            print(json.dumps({"dry_run": True, "error": e.as_dict()}, indent=2))
+        else:
+            print(f"azprov: dry run failed: {e}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps(result, indent=2, sort_keys=True) if as_json else dryrun.render(result))
+    return dryrun.exit_code(result)
+
+
+def clean(cfg: config.Config, logs: bool, machine_id: bool) -> int:
+    from statemachine import clean as cleaning
+
+    try:
+        removed = cleaning.clean(cfg, logs=logs, machine_id=machine_id)
+    except AgentError as e:
+        print(f"azprov: clean: {e}", file=sys.stderr)
+        return e.exit_code
+    for path in removed:
+        print(f"removed {path}")
+    if not removed:
+        print("nothing to remove")
+    return 0
+
+
+def kvp_pool(cfg: config.Config) -> Path:
+    """The pool file, under paths.root as the run writes it."""
+    return Path(cfg.paths.root) / cfg.kvp.pool_path.lstrip("/")
+
+
+def status(state_file: Path, as_json: bool, wait: bool, pool: Path | None = None) -> int:
     from statemachine import status as st
 
     try:
         while wait and not st.is_settled(state_file):
             time.sleep(0.2)
         text, code = st.show(state_file, as_json)
+        if pool is not None:
+            text = st.with_kvp(text, pool, as_json)
     except StateFileError as e:
         if as_json:
             print(json.dumps({"state": "unknown", "last_error": e.as_dict()}, indent=2))
