@@ -276,6 +276,14 @@ def test_imds_of_wrong_types_fails_with_a_report_naming_the_field(vm: Env, fabri
 
 # ---- config ------------------------------------------------------------------------------------------------
 
+def safe_system_layer(vm: Env) -> None:
+    """Put the loopback config in the system layer, so a file under test that azprov (wrongly) accepts can
+    still only reach the fake fabric and the temporary root: never the real endpoints or /var/lib."""
+    system = vm.tmp / "no-system-config"
+    system.mkdir(exist_ok=True)
+    (system / "azprov.toml").write_text(vm.config_path.read_text())
+
+
 @pytest.mark.parametrize("text, named", [
     ("[fabric]\nwireserver_ur = \"http://x\"\n", "fabric.wireserver_ur"),
     ("[fabrik]\nx = 1\n", "fabrik"),
@@ -293,14 +301,6 @@ def test_imds_of_wrong_types_fails_with_a_report_naming_the_field(vm: Env, fabri
     ("[fabric\nwireserver_url = 1\n", "line 1"),
     ("[log]\nlevel = \"info\"\nlevel = \"debug\"\n", "line 3"),
 ])
-def safe_system_layer(vm: Env) -> None:
-    """Put the loopback config in the system layer, so a file under test that azprov (wrongly) accepts can
-    still only reach the fake fabric and the temporary root: never the real endpoints or /var/lib."""
-    system = vm.tmp / "no-system-config"
-    system.mkdir(exist_ok=True)
-    (system / "azprov.toml").write_text(vm.config_path.read_text())
-
-
 def test_bad_config_exits_78_naming_the_key_or_line(vm: Env, fabric: FakeFabric, text: str, named: str) -> None:
     safe_system_layer(vm)
     vm.config_path.write_text(text)
