@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakefabric import GOAL_STATE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fakefabric import GOAL_STATE
 from statemachine import config, persistence, retry, status
 from statemachine.errors import AgentError, ConfigError, GoalStateError, MetadataError, StateFileError
 from statemachine.phase import Phase

@@ -42,8 +42,7 @@ def secret_file(tmp_path: Path) -> Path:
 # ---- XML: parser level ------------------------------------------------------------------------------------
 
 def hostile_goal_states(secret: Path) -> dict[str, bytes]:
-    laughs = "".join(f'<!ENTITY l{i} "{"&l" + str(i - 1) + ";" * 1 if i else "lol"}' + ("&l%d;" % (i - 1)) * 9
-                     + '">' if i else '<!ENTITY l0 "lol">' for i in range(10))
+    laughs = '<!ENTITY l0 "lol">' + "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
     return {
         "xxe-local-file": (f'<?xml version="1.0"?><!DOCTYPE GoalState [<!ENTITY x SYSTEM "file://{secret}">]>'
                            + PLAIN.replace(">7<", ">&x;<")).encode(),
