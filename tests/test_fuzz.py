@@ -27,7 +27,7 @@ from states.goalstate import GoalState, parse_goal_state
 from states.imds import Instance, parse_instance
 from states.reporting import MAX_DESCRIPTION, HealthReport, failure_description, parse_health, render_health
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VALID_GS = GOAL_STATE.format(incarnation="3", container_id="c-1", instance_id="i-1").encode()
 VALID_HEALTH = render_health(HealthReport("3", "c-1", "i-1", "Ready"))
 
