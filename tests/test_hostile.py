@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -411,3 +412,52 @@ def test_nothing_outside_the_root_and_state_dir_is_touched(vm: Env, fabric: Fake
     assert socket.gethostname() == host_before
     assert (etc_hostname.stat().st_mtime_ns if etc_hostname.exists() else None) == etc_before
     assert stat.S_IMODE(vm.state_dir.stat().st_mode) == 0o700
+
+
+# ---- the whole run under strace: every write and every connect -----------------------------------------------
+
+_WRITE_CALLS = ("openat", "open", "creat", "rename", "renameat", "renameat2", "unlink", "unlinkat", "mkdir",
+                "mkdirat", "rmdir", "chmod", "fchmodat", "chown", "fchownat", "lchown", "symlink", "symlinkat",
+                "link", "linkat", "truncate", "sethostname", "setdomainname", "connect")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("strace"), reason="strace not installed")
+@pytest.mark.parametrize("script", [
+    pytest.param({}, id="clean-run"),
+    pytest.param({"goalstate": [{"status": 500}], "imds": [{"status": 200, "body": '{"compute": 5}'}]},
+                 id="retry-then-failed-report"),
+])
+def test_strace_shows_writes_only_under_tmp_and_connects_only_to_loopback(
+        vm: Env, fabric: FakeFabric, script: dict[str, Any]) -> None:
+    for route, answers in script.items():
+        fabric.set_script(route, answers)
+    trace = vm.tmp / "strace.log"
+    argv = ["strace", "-f", "-qq", "-e", "trace=" + ",".join(_WRITE_CALLS), "-e", "signal=none", "-o", str(trace),
+            *vm.argv()]
+    out = subprocess.run(argv, env={**vm.env(), "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True,
+                         timeout=60, cwd=REPO)
+    assert out.returncode in (0, 1), out.stdout + out.stderr
+    tmp = str(vm.tmp)
+    seen = []
+    for line in trace.read_text().splitlines():
+        call = line.split(None, 1)[1] if " " in line else line
+        if call.startswith("<..."):
+            continue  # the second half of a call split between threads: its first half was checked
+        name = call.split("(", 1)[0]
+        seen.append(call)
+        if name == "connect":
+            if "AF_INET" in call or "AF_INET6" in call:
+                assert 'inet_addr("127.0.0.1")' in call or "::1" in call, call
+            continue
+        if name in ("sethostname", "setdomainname"):
+            raise AssertionError(f"hostname changed outside a UTS namespace: {call}")
+        if name in ("openat", "open") and not any(f in call for f in ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")):
+            continue  # reading is fine
+        if "= -1" in call:
+            continue  # a refused attempt changed nothing
+        paths = re.findall(r'"([^"]*)"', call)
+        assert paths, call
+        assert all(p.startswith((tmp, "/dev/null", "/dev/tty", "/proc/self/")) for p in paths), call
+    # The trace saw the run's real work, so the checks above were not vacuous.
+    assert any(c.startswith("rename") and "state.json" in c for c in seen)
+    assert any(c.startswith("connect") and "127.0.0.1" in c for c in seen)

@@ -107,3 +107,30 @@ def test_fabric_fault(fault: Fault, tmp_path: Path) -> None:
     assert result.last_error and result.last_error["reason"], "FAILED without a clear last_error"
     assert (result.failure_reports >= 1) == fault.reported, result.output
     assert (result.record or {}).get("failure_reported_at") is not None if fault.reported else True
+
+
+def test_failpoint_spec_parsing() -> None:
+    from statemachine.failpoints import _parse
+
+    assert _parse("persist.before_rename:kill@4, reporting.after_post:exit,x") == {
+        "persist.before_rename": ("kill", 4), "reporting.after_post": ("exit", 1), "x": ("kill", 1)}
+    assert _parse("") == {} and _parse("a:raise@zero") == {"a": ("raise", 1)}
+
+
+def test_failpoints_are_inert_unless_armed() -> None:
+    from statemachine import failpoints
+
+    assert failpoints._ARMED == {}  # the test environment arms nothing
+    for name in failpoints.POINTS:
+        failpoints.failpoint(name)  # returns: no crash, no exception
+
+
+def test_raise_failpoint_counts_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statemachine import failpoints
+
+    monkeypatch.setattr(failpoints, "_ARMED", {"p": ("raise", 2)})
+    monkeypatch.setattr(failpoints, "_HITS", {})
+    failpoints.failpoint("p")
+    with pytest.raises(failpoints.FailpointError):
+        failpoints.failpoint("p")
+    failpoints.failpoint("p")  # only the N-th hit fires
