@@ -247,7 +247,10 @@ def read_ovf_env(device: str = "/dev/sr0", filename: str = FILENAME, *, fstypes:
     if mounted is not None:
         log.info("provisioning media already mounted", extra=fields(device=resolved, mountpoint=mounted))
         return _read_file(Path(mounted), filename)
-    target = tempfile.mkdtemp(prefix="azprov-media-")  # mode 0700: nobody else looks in while mounted
+    try:
+        target = tempfile.mkdtemp(prefix="azprov-media-")  # mode 0700: nobody else looks in while mounted
+    except OSError as e:
+        raise MediaError("no private directory to mount the media on", error=e.strerror) from e
     try:
         fstype = _mount(resolved, target, fstypes, run)
         log.info("provisioning media mounted", extra=fields(device=resolved, fstype=fstype))

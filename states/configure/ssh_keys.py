@@ -249,7 +249,10 @@ def pending(ctx: Context, account: Account, rel: str, keys: Iterable[str]) -> tu
     name = rel.rsplit("/", 1)[-1]
     keys = list(keys)
     with _parent_dir(ctx, account, rel, create=False) as dirfd:
-        existing = _read_existing(dirfd, name, rel)[0] if dirfd is not None else ""
+        try:
+            existing = _read_existing(dirfd, name, rel)[0] if dirfd is not None else ""
+        except OSError as e:
+            raise _refuse(e, rel) from e
     merged = merge_authorized_keys(existing, keys)
     before = sum(1 for line in existing.split("\n") if key_identity(line))
     return before, sum(1 for line in merged.split("\n") if key_identity(line)) - before

@@ -1,0 +1,101 @@
+#!/usr/bin/python3
+"""Test-only, runs inside the guest after the provisioning unit: collects what the boot test asserts on.
+
+Installed only into the boot test's image (never by `make install`), by azprov-boot-report.service, which
+is ordered after the unit under test. Writes one JSON document to /var/lib/azprov-boot/report-<n>.json,
+prints it to the serial console between markers, syncs, and powers the VM off so QEMU exits.
+Usage: guest_report.py UNIT (azprov.service, or the seed document's azure-provisioning.service).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+AZPROV = "/usr/lib/azprov/bin/azprov"
+OUT_DIR = "/var/lib/azprov-boot"
+PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "ConditionResult", "UnitFileState",
+         "InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic", "ExecMainStartTimestampMonotonic",
+         "ExecMainExitTimestampMonotonic")
+
+
+def sh(*cmd):
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return out.returncode, out.stdout
+
+
+def unit_props(unit):
+    _, text = sh("systemctl", "show", unit, *[f"--property={p}" for p in PROPS])
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def azprov_status():
+    if not os.path.exists(AZPROV):
+        return None
+    code, text = sh(AZPROV, "--status", "--json")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = {"unparsed": text}
+    return {"exit": code, "json": doc}
+
+
+def timed(*cmd):
+    """Wall seconds of a command, run warm after boot: separates interpreter cost from boot contention."""
+    start = time.monotonic()
+    sh(*cmd)
+    return round(time.monotonic() - start, 3)
+
+
+def timings():
+    venv_python = "/usr/lib/azprov/bin/python"
+    out = {"python3 -c pass": timed("/usr/bin/python3", "-c", "pass")}
+    if os.path.exists(AZPROV):
+        out["azprov --version"] = timed(AZPROV, "--version")
+        out["azprov --status --json"] = timed(AZPROV, "--status", "--json")
+        out["import requests, lxml.etree, transitions"] = timed(
+            venv_python, "-c", "import requests, lxml.etree, transitions")
+        _, text = sh(venv_python, "-X", "importtime", AZPROV, "--status", "--json")
+        rows = [line.split("|") for line in text.splitlines() if line.startswith("import time:")]
+        top = sorted(((int(r[1]), r[2].strip()) for r in rows[1:] if r[1].strip().isdigit()), reverse=True)
+        out["importtime_top_cumulative_us"] = top[:12]
+    return out
+
+
+def main():
+    unit = sys.argv[1]
+    with open("/proc/cmdline") as f:
+        cmdline = f.read().strip()
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    report = {
+        "unit": unit,
+        "cmdline": cmdline,
+        "uptime_at_report": uptime,
+        "hostname": socket.gethostname(),
+        "etc_hostname": open("/etc/hostname").read().strip(),
+        "machine_id": open("/etc/machine-id").read().strip(),
+        "product_uuid": open("/sys/class/dmi/id/product_uuid").read().strip(),
+        "props": unit_props(unit),
+        "status": azprov_status(),
+        "journal": sh("journalctl", "-b", "-u", unit, "-o", "short-monotonic", "--no-pager")[1],
+        "timings_warm": timings(),
+    }
+    os.makedirs(OUT_DIR, mode=0o700, exist_ok=True)
+    n = len([f for f in os.listdir(OUT_DIR) if f.startswith("report-")]) + 1
+    text = json.dumps(report, indent=1)
+    for path in (f"{OUT_DIR}/report-{n}.json", f"{OUT_DIR}/latest.json"):
+        with open(path, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    with open("/dev/ttyS0", "w") as tty:
+        tty.write(f"\n=== AZPROV-BOOT-REPORT {n} BEGIN ===\n{text}\n=== AZPROV-BOOT-REPORT END ===\n")
+    os.sync()
+    subprocess.run(["systemctl", "poweroff", "--no-block"])
+
+
+if __name__ == "__main__":
+    main()

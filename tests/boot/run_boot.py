@@ -1,0 +1,621 @@
+"""End-to-end boot test: azprov as a systemd unit in a Debian 12 guest under QEMU, against the fake fabric.
+
+Logic overview:
+1. Preflight: qemu-system-x86_64, debootstrap, mkfs.ext4/debugfs/e2fsck and root are needed. Missing ones are
+   reported loudly and the run fails, unless AZPROV_SKIP_BOOT=1 (then it says SKIPPED and exits 0).
+2. The guest: a cached debootstrap base (guest.py), copied, with azprov installed exactly as an image builder
+   would (`make wheelhouse`, `make install DESTDIR=<rootfs> WHEELHOUSE=...`, `systemctl --root preset`), plus a
+   test-only unit that writes a report (unit state, `azprov --status --json`, journal) and powers off.
+3. Each boot: a fresh QEMU (TCG unless the CPU shows vmx/svm) with slirp networking (restrict=on, ipv6=off,
+   net=168.0.0.0/7) whose guestfwd rules take 168.63.129.16:80 and 169.254.169.254:80 to relay.py, which only
+   connects to the in-process FakeFabric on 127.0.0.1. The guest uses the real default endpoints.
+4. Scenarios (issue 4): first boot; power cut while the fabric holds the health POST, then boot again;
+   reboot of the provisioned VM (no fabric traffic); a new VM from the same disk (-uuid changed); the
+   opt-out on the kernel command line. Optionally the seed document's unit on the same guest, for timings.
+5. Assertions use the fabric's log (host side) and the report read from the disk image after shutdown
+   (debugfs, no mount). Timings: QEMU start → Ready accepted (host monotonic clock, the fake's log uses it).
+
+Run: `sudo python3 tests/boot/run_boot.py [--scenario NAME ...] [--no-seed] [--record]` (see --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path[:0] = [str(HERE), str(REPO / "tests"), str(REPO)]
+
+import guest  # noqa: E402
+import seed  # noqa: E402
+from fakefabric import FakeFabric  # noqa: E402
+
+from statemachine.identity import normalize  # noqa: E402
+
+CACHE = Path(os.environ.get("AZPROV_BOOT_CACHE", "/var/cache/azprov-boot"))
+BOOT_TIMEOUT = float(os.environ.get("AZPROV_BOOT_TIMEOUT", "600"))
+RELAY = HERE / "relay.py"
+REPORT_DIR = "/var/lib/azprov-boot"
+STATE_FILE = "/var/lib/azprov/state.json"
+WIRESERVER = "168.63.129.16"
+IMDS = "169.254.169.254"
+CMDLINE = "root=/dev/vda rw console=ttyS0 quiet"
+REPORT_UNIT = """[Unit]
+Description=boot test only: report {unit}'s outcome, then power off
+After={unit} systemd-networkd.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/python3 /usr/local/lib/azprov-boot/guest_report.py {unit}
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+class BootTestError(AssertionError):
+    """A scenario's expectation did not hold."""
+
+
+def say(msg: str) -> None:
+    print(f"[boot {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---- preflight ---------------------------------------------------------------------------------------------
+def missing_tools() -> list[str]:
+    tools = ["qemu-system-x86_64", "debootstrap", "mkfs.ext4", "debugfs", "e2fsck", "chroot", "make"]
+    missing = [t for t in tools if shutil.which(t) is None]
+    if os.geteuid() != 0:
+        missing.append("root (debootstrap and chroot need it)")
+    return missing
+
+
+def preflight() -> None:
+    missing = missing_tools()
+    if not missing:
+        return
+    banner = "!" * 78
+    print(f"{banner}\n!! BOOT TEST CANNOT RUN: missing {', '.join(missing)}\n"
+          f"!! Install them with tests/boot/ci-deps.sh (apt), or set AZPROV_SKIP_BOOT=1 to skip.\n{banner}",
+          file=sys.stderr, flush=True)
+    if os.environ.get("AZPROV_SKIP_BOOT") == "1":
+        print("boot test SKIPPED (AZPROV_SKIP_BOOT=1)", flush=True)
+        sys.exit(0)
+    sys.exit(1)
+
+
+def accel() -> list[str]:
+    """KVM only where the CPU can really do it; /dev/kvm alone is not enough (QEMU fails without vmx/svm)."""
+    flags = Path("/proc/cpuinfo").read_text()
+    if re.search(r"^flags\s*:.*\b(vmx|svm)\b", flags, re.M) and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg"]
+
+
+# ---- the fabric ----------------------------------------------------------------------------------------------
+class WatchedFabric(FakeFabric):
+    """FakeFabric that also notes when each request arrives (a held request is logged only when it ends)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.arrivals: list[tuple[float, str]] = []
+
+    def next_answer(self, route: str) -> dict[str, Any] | None:
+        self.arrivals.append((time.monotonic(), route))
+        answer: dict[str, Any] | None = super().next_answer(route)
+        return answer
+
+    def arrived(self, route: str, since: float = 0.0) -> bool:
+        return any(r == route and t >= since for t, r in list(self.arrivals))
+
+
+def vm_id_for(qemu_uuid: str) -> str:
+    """The vmId a Gen1 (BIOS) VM with this SMBIOS UUID has: what azprov derives from product_uuid."""
+    vm_id = normalize(qemu_uuid, gen1=True)
+    assert vm_id is not None
+    return vm_id
+
+
+# ---- one boot ----------------------------------------------------------------------------------------------
+@dataclass
+class Boot:
+    name: str
+    serial: Path
+    started: float
+    ended: float = 0.0
+    killed: bool = False
+    fabric_entries: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+    # The host's 1-minute load average at start and end: TCG timings move with it (2 shared cores here).
+    host_load: tuple[float, float] = (0.0, 0.0)
+
+    def ready_at(self) -> float | None:
+        for e in self.fabric_entries:
+            if e["route"] == "health" and e.get("status") == 200 and e.get("health_state") == "Ready":
+                return float(e.get("t_answer", e["t"])) - self.started
+        return None
+
+    def first_contact(self) -> float | None:
+        return min((float(e["t"]) - self.started for e in self.fabric_entries), default=None)
+
+
+@dataclass
+class Machine:
+    """One VM disk and the way to boot it."""
+
+    disk: Path
+    kernel: guest.Kernel
+    work: Path
+    accel: list[str]
+
+    def boot(self, name: str, fabric: FakeFabric, vm_uuid: str, extra_cmdline: str = "",
+             cut_when: Callable[[float], bool] | None = None, cut_after: float = 1.0) -> Boot:
+        """Boot until the guest powers off, or power it off hard once `cut_when(start)` holds."""
+        serial = self.work / f"{name}.serial.log"
+        relay = f"{sys.executable} {RELAY} {fabric.port}".replace(",", ",,")
+        netdev = ("user,id=n0,restrict=on,ipv6=off,net=168.0.0.0/7,"
+                  f"guestfwd=tcp:{WIRESERVER}:80-cmd:{relay},guestfwd=tcp:{IMDS}:80-cmd:{relay}")
+        cmd = ["qemu-system-x86_64", *self.accel, "-machine", "pc", "-m", "1024", "-smp", "1",
+               "-nodefaults", "-display", "none", "-no-reboot", "-uuid", vm_uuid,
+               "-kernel", str(self.kernel.kernel), "-initrd", str(self.kernel.initrd),
+               "-append", f"{CMDLINE} {extra_cmdline}".strip(),
+               "-drive", f"file={self.disk},format=raw,if=virtio",
+               "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
+               "-device", "virtio-rng-pci", "-serial", f"file:{serial}"]
+        first_entry = len(fabric.log)
+        qemu_log = (self.work / f"{name}.qemu.log").open("w")
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=qemu_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        boot = Boot(name=name, serial=serial, started=started)
+        load_start = os.getloadavg()[0]
+        try:
+            while proc.poll() is None:
+                if time.monotonic() - started > BOOT_TIMEOUT:
+                    raise BootTestError(f"{name}: no power-off within {BOOT_TIMEOUT:.0f}s (see {serial})")
+                if cut_when is not None and cut_when(started):
+                    time.sleep(cut_after)
+                    proc.send_signal(signal.SIGKILL)  # the power cut: no shutdown, no flush by the guest
+                    boot.killed = True
+                    proc.wait()
+                    break
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            qemu_log.close()
+        boot.ended = time.monotonic()
+        boot.host_load = (round(load_start, 2), round(os.getloadavg()[0], 2))
+        time.sleep(0.2)  # let the fake log the last answers
+        boot.fabric_entries = fabric.log[first_entry:]
+        if proc.returncode not in (0, -signal.SIGKILL):
+            qemu_out = (self.work / f"{name}.qemu.log").read_text()
+            raise BootTestError(f"{name}: qemu exited {proc.returncode}: {qemu_out}")
+        if not boot.killed:
+            boot.report = self.read_json(f"{REPORT_DIR}/latest.json")
+        say(f"{name}: {'power cut' if boot.killed else 'powered off'} after {boot.ended - started:.1f}s, "
+            f"ready at {_fmt(boot.ready_at())}, {len(boot.fabric_entries)} fabric requests")
+        return boot
+
+    def read_file(self, path: str) -> str | None:
+        """A file from the guest's disk as it is after a power cut: the journal replayed on a scratch copy."""
+        scratch = self.work / "scratch.img"
+        subprocess.run(["cp", "--sparse=always", str(self.disk), str(scratch)], check=True)
+        try:
+            subprocess.run(["e2fsck", "-fy", str(scratch)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out = subprocess.run(["debugfs", "-R", f"cat {path}", str(scratch)], capture_output=True, text=True)
+        finally:
+            scratch.unlink()
+        return out.stdout if out.returncode == 0 and out.stdout else None
+
+    def read_json(self, path: str) -> dict[str, Any] | None:
+        text = self.read_file(path)
+        return json.loads(text) if text else None
+
+
+def _fmt(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s"
+
+
+# ---- building the images --------------------------------------------------------------------------------------
+def build_images(work: Path, log: Path, with_seed: bool) -> dict[str, Path]:
+    """The azprov image (and the seed-unit image): disks made from the cached base, installed as users do."""
+    base = guest.build_base(CACHE, log)
+    wheelhouse = work / "wheelhouse"
+    guest.run(["make", "-C", str(REPO), "wheelhouse", f"WHEELHOUSE={wheelhouse}"], log=log)
+    images: dict[str, Path] = {}
+    rootfs = guest.prepare_rootfs(base, work / "rootfs")
+    guest.run(["make", "-C", str(REPO), "install", f"DESTDIR={rootfs}", f"WHEELHOUSE={wheelhouse}"], log=log)
+    guest.run(["systemctl", f"--root={rootfs}", "preset", "azprov.service"], log=log)
+    guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
+    add_report_unit(rootfs, "azprov.service", log)
+    images["azprov"] = guest.make_disk(rootfs, work / "image-azprov.img")
+    if with_seed:
+        script, unit = seed.load()
+        seed.install(rootfs_seed := guest.prepare_rootfs(base, work / "rootfs-seed"), script, unit)
+        guest.run(["systemctl", f"--root={rootfs_seed}", "enable", seed.UNIT], log=log)
+        add_report_unit(rootfs_seed, seed.UNIT, log)
+        images["seed"] = guest.make_disk(rootfs_seed, work / "image-seed.img")
+        shutil.rmtree(rootfs_seed)
+    shutil.rmtree(rootfs)
+    return images
+
+
+def add_report_unit(rootfs: Path, unit: str, log: Path) -> None:
+    target = rootfs / "usr/local/lib/azprov-boot"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(HERE / "guest_report.py", target / "guest_report.py")
+    (rootfs / "etc/systemd/system/azprov-boot-report.service").write_text(REPORT_UNIT.format(unit=unit))
+    guest.run(["systemctl", f"--root={rootfs}", "enable", "azprov-boot-report.service"], log=log)
+
+
+def copy_disk(src: Path, dest: Path) -> Path:
+    subprocess.run(["cp", "--sparse=always", str(src), str(dest)], check=True)
+    return dest
+
+
+# ---- assertions --------------------------------------------------------------------------------------------
+def check(cond: bool, what: str, detail: Any = "") -> None:
+    if not cond:
+        raise BootTestError(f"{what}{': ' + str(detail)[:3000] if detail != '' else ''}")
+
+
+def status_of(boot: Boot) -> dict[str, Any]:
+    check(boot.report is not None, f"{boot.name}: no report on the disk (see {boot.serial})")
+    assert boot.report is not None
+    status = boot.report.get("status") or {}
+    return dict(status.get("json") or {})
+
+
+def expect_provisioned(boot: Boot, hostname: str, vm_id: str) -> dict[str, Any]:
+    """Ready accepted, hostname set, record done for this VM, the unit active (exited)."""
+    assert boot.report is not None or status_of(boot)
+    report = boot.report or {}
+    props = report.get("props", {})
+    status = status_of(boot)
+    check(boot.ready_at() is not None, f"{boot.name}: no accepted Ready POST", _routes(boot))
+    check(report.get("hostname") == hostname, f"{boot.name}: hostname", report.get("hostname"))
+    check(report.get("etc_hostname") == hostname, f"{boot.name}: /etc/hostname", report.get("etc_hostname"))
+    check(status.get("state") == "done", f"{boot.name}: record state", status)
+    check(status.get("vm_id") == vm_id, f"{boot.name}: record vm_id", status.get("vm_id"))
+    check((props.get("ActiveState"), props.get("SubState"), props.get("Result")) == ("active", "exited", "success"),
+          f"{boot.name}: unit state", props)
+    return status
+
+
+def _routes(boot: Boot) -> list[tuple[str, Any]]:
+    return [(e["route"], e.get("status")) for e in boot.fabric_entries]
+
+
+# ---- scenarios -----------------------------------------------------------------------------------------------
+@dataclass
+class Scenario:
+    name: str
+    boots: list[Boot]
+    notes: dict[str, Any] = field(default_factory=dict)
+    ok: bool = False
+    error: str | None = None
+
+
+def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
+    """Scenarios 1, 3 and 4 on one disk: first boot, reboot, then a new VM from the same disk."""
+    out: list[Scenario] = []
+    vm1 = str(uuid.uuid4())
+    with WatchedFabric(computer_name="web-01", vm_id=vm_id_for(vm1)) as fab:
+        b1 = m.boot("1-first-boot", fab, vm1)
+    s1 = Scenario("first boot", [b1])
+    out.append(s1)
+
+    def first_checks() -> None:
+        expect_provisioned(b1, "web-01", vm_id_for(vm1))
+        check(len([e for e in b1.fabric_entries if e.get("health_state") == "Ready"]) == 1,
+              "first boot: exactly one Ready POST", _routes(b1))
+    run_checks(s1, first_checks)
+
+    with WatchedFabric(computer_name="web-01", vm_id=vm_id_for(vm1)) as fab:
+        b3 = m.boot("3-reboot", fab, vm1)
+    s3 = Scenario("reboot of a provisioned VM", [b3])
+    out.append(s3)
+
+    def reboot_checks() -> None:
+        check(not b3.fabric_entries, "reboot: fabric traffic", _routes(b3))
+        expect_unit_ok(b3)
+        check(status_of(b3).get("state") == "done", "reboot: record", status_of(b3))
+        check((b3.report or {}).get("hostname") == "web-01", "reboot: hostname kept", (b3.report or {}).get("hostname"))
+    run_checks(s3, reboot_checks)
+
+    vm2 = str(uuid.uuid4())
+    with WatchedFabric(computer_name="web-02", vm_id=vm_id_for(vm2)) as fab:
+        b4 = m.boot("4-new-vm", fab, vm2)
+    s4 = Scenario("new VM from the same disk (-uuid changed)", [b4])
+    out.append(s4)
+    run_checks(s4, lambda: expect_provisioned(b4, "web-02", vm_id_for(vm2)))
+    return out
+
+
+def expect_unit_ok(boot: Boot) -> None:
+    props = (boot.report or {}).get("props", {})
+    check((props.get("ActiveState"), props.get("Result")) == ("active", "success"), f"{boot.name}: unit", props)
+
+
+def power_cut(image: Path, m: Machine) -> Scenario:
+    """Scenario 2: the fabric holds the health POST; the VM loses power; the next boot resumes and ends Ready."""
+    return _power_cut(m, "health", "reporting", "2", "power cut during the health POST, then boot again")
+
+
+def power_cut_imds(image: Path, m: Machine) -> Scenario:
+    """Scenario 2b: Ready already accepted, the fabric holds the IMDS GET; the power goes; the next boot
+    finishes configuring without a second Ready."""
+    return _power_cut(m, "imds", "configuring", "2b", "power cut during the IMDS GET (after Ready), then boot again")
+
+
+def _power_cut(m: Machine, route: str, state_after_cut: str, tag: str, title: str) -> Scenario:
+    vm = str(uuid.uuid4())
+    fab = WatchedFabric(computer_name="web-cut", vm_id=vm_id_for(vm), script={route: [{"action": "hang"}]})
+    with fab:
+        b1 = m.boot(f"{tag}-power-cut", fab, vm, cut_when=lambda since: fab.arrived(route, since))
+        on_disk = m.read_json(STATE_FILE)
+        b2 = m.boot(f"{tag}-after-power-cut", fab, vm)
+    s = Scenario(title, [b1, b2])
+
+    def checks() -> None:
+        check(b1.killed and fab.arrived(route), f"power cut: the {route} request never arrived")
+        check(on_disk is not None, "power cut: no record on the disk after the cut")
+        assert on_disk is not None
+        s.notes["state_on_disk_after_cut"] = on_disk.get("state")
+        check(on_disk.get("state") == state_after_cut, f"power cut: record on disk should say {state_after_cut}",
+              on_disk)
+        status = expect_provisioned_after_cut(b1, b2, route, vm_id_for(vm))
+        s.notes["boot_attempts"] = status.get("boot_attempts")
+        s.notes["history"] = [h.get("state") for h in status.get("history", [])]
+    run_checks(s, checks)
+    return s
+
+
+def expect_provisioned_after_cut(b1: Boot, b2: Boot, held: str, vm_id: str) -> dict[str, Any]:
+    readies = [b for b in (b1, b2) if b.ready_at() is not None]
+    status = expect_provisioned(b2, "web-cut", vm_id) if held == "health" else {}
+    if held == "health":
+        check(readies == [b2], "resume: Ready should be accepted in the second boot only", _routes(b2))
+    else:
+        # Ready went through before the cut; the resumed boot must not report it again.
+        check(readies == [b1], "resume: Ready should be accepted once, before the cut", (_routes(b1), _routes(b2)))
+        check(not any(e["route"] == "health" for e in b2.fabric_entries), "resume: a second health POST",
+              _routes(b2))
+        report = b2.report or {}
+        status = status_of(b2)
+        check(report.get("hostname") == "web-cut", "resume: hostname", report.get("hostname"))
+        check(status.get("state") == "done", "resume: record", status)
+        expect_unit_ok(b2)
+    return status
+
+
+def opt_out(image: Path, m: Machine) -> Scenario:
+    """Scenario 5: azprov=disabled on the kernel command line: the unit is skipped, the fabric never hears."""
+    vm = str(uuid.uuid4())
+    with WatchedFabric(computer_name="web-off", vm_id=vm_id_for(vm)) as fab:
+        b = m.boot("5-opt-out", fab, vm, extra_cmdline="azprov=disabled")
+    s = Scenario("azprov=disabled on the kernel command line", [b])
+
+    def checks() -> None:
+        props = (b.report or {}).get("props", {})
+        check(b.report is not None, "opt-out: no report")
+        check(props.get("ConditionResult") == "no" and props.get("ActiveState") == "inactive",
+              "opt-out: unit should be skipped by its condition", props)
+        check(not b.fabric_entries, "opt-out: fabric traffic", _routes(b))
+        check(status_of(b).get("state") == "not_started", "opt-out: record", status_of(b))
+        check((b.report or {}).get("hostname") == "template", "opt-out: hostname untouched")
+    run_checks(s, checks)
+    return s
+
+
+def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: int) -> Scenario:
+    """First boots of azprov and of the seed document's unit (script + curl hostname), alternated on fresh
+    copies of the same guest, for the timing comparison. azprov is asserted as in scenario 1; the seed is
+    measured, not asserted (it is what azprov replaces)."""
+    boots: list[Boot] = []
+    s = Scenario(f"first boot, azprov vs the seed document's unit (x{repeat}, alternated)", boots)
+    for i in range(1, repeat + 1):
+        for variant in ("azprov", "seed"):
+            disk = copy_disk(images[variant], work / f"disk-compare-{variant}.img")
+            m = Machine(disk=disk, kernel=kernel, work=work, accel=accel())
+            vm = str(uuid.uuid4())
+            name = f"{variant}-{i}"
+            # The seed's unit asks /metadata/instance/compute/name?format=text, a path the fake does not
+            # model: script that one answer (route "unknown") as IMDS gives it, so the seed gets its hostname.
+            script = {"unknown": [{"status": 200, "body": name}]} if variant == "seed" else None
+            with WatchedFabric(computer_name=name, vm_id=vm_id_for(vm), script=script) as fab:
+                b = m.boot(f"compare-{name}", fab, vm)
+            boots.append(b)
+            disk.unlink()
+            if variant == "azprov":
+                def checks(b: Boot = b, name: str = name, vm: str = vm) -> None:
+                    expect_provisioned(b, name, vm_id_for(vm))
+                run_checks(s, checks)
+                if s.error:
+                    return s
+            else:
+                s.notes.setdefault("seed_hostname_set", []).append((b.report or {}).get("hostname") == name)
+    for variant in ("azprov", "seed"):
+        times = sorted(t for b in boots if b.name.startswith(f"compare-{variant}-") and (t := b.ready_at()))
+        s.notes[f"{variant}_ready_s"] = [round(t, 2) for t in times]
+        if times:
+            s.notes[f"{variant}_ready_median_s"] = round(times[len(times) // 2], 2)
+    s.ok = s.error is None
+    return s
+
+
+def run_checks(s: Scenario, fn: Callable[[], Any]) -> Any:
+    try:
+        result = fn()
+        s.ok = True
+        return result
+    except BootTestError as e:
+        s.error = str(e)
+        say(f"FAIL {s.name}: {e}")
+        return None
+
+
+# ---- results ---------------------------------------------------------------------------------------------------
+def results_doc(scenarios: list[Scenario], accel_args: list[str], kernel: guest.Kernel) -> dict[str, Any]:
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "accel": " ".join(accel_args),
+        "kernel": kernel.kernel.name,
+        "cpu": _cpu_model(),
+        "scenarios": [
+            {"name": s.name, "ok": s.ok, "error": s.error, "notes": s.notes,
+             "boots": [boot_doc(b) for b in s.boots]}
+            for s in scenarios],
+    }
+
+
+def boot_doc(b: Boot) -> dict[str, Any]:
+    report = b.report or {}
+    props = report.get("props", {})
+    done = _usec(props.get("ActiveEnterTimestampMonotonic")) or _usec(props.get("ExecMainExitTimestampMonotonic"))
+    return {"boot": b.name, "killed": b.killed, "wall_s": round(b.ended - b.started, 2),
+            "first_fabric_request_s": _round(b.first_contact()), "ready_accepted_s": _round(b.ready_at()),
+            "fabric_requests": _routes(b),
+            "unit_start_guest_s": _usec(props.get("InactiveExitTimestampMonotonic")),
+            "unit_done_guest_s": done,
+            "unit": {k: props.get(k) for k in ("ActiveState", "SubState", "Result", "ConditionResult")},
+            "host_load_1min": list(b.host_load), "timings_warm": report.get("timings_warm")}
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+def _usec(v: str | None) -> float | None:
+    """A unit's *TimestampMonotonic (µs since the guest kernel started), in seconds."""
+    return round(int(v) / 1e6, 2) if v and v.isdigit() and int(v) > 0 else None
+
+
+def _cpu_model() -> str:
+    m = re.search(r"^model name\s*:\s*(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+    return m.group(1) if m else "unknown"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    lines = [f"Boot test ({doc['when']}, QEMU {doc['accel']}, 1 vCPU, 1 GiB, {doc['cpu']}; guest Debian 12, "
+             f"kernel {doc['kernel']} booted directly). Times are seconds from QEMU start (host clock) unless "
+             "marked guest (since the guest kernel started).", "",
+             "| scenario | boot | result | first fabric request | Ready accepted | unit started (guest) "
+             "| unit done (guest) | fabric requests | host load |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in doc["scenarios"]:
+        for b in s["boots"]:
+            result = "ok" if s["ok"] else "FAIL"
+            if b["killed"]:
+                result += " (power cut)"
+            unit = b["unit"]
+            state = unit.get("ActiveState") or "-"
+            if unit.get("ConditionResult") == "no":
+                state = "skipped (condition)"
+            lines.append(f"| {s['name']} | {b['boot']} | {result}, unit {state} | {_md(b['first_fabric_request_s'])} "
+                         f"| {_md(b['ready_accepted_s'])} | {_md(b['unit_start_guest_s'])} "
+                         f"| {_md(b['unit_done_guest_s'])} | {len(b['fabric_requests'])} "
+                         f"| {b['host_load_1min'][0]:.1f}–{b['host_load_1min'][1]:.1f} |")
+    for s in doc["scenarios"]:
+        notes = s["notes"]
+        if "azprov_ready_s" in notes:
+            lines += ["", "QEMU start → Ready accepted, first boots alternated on fresh disks: azprov "
+                      f"{notes['azprov_ready_s']} s (median {notes.get('azprov_ready_median_s', '-')}), "
+                      f"the seed document's unit {notes.get('seed_ready_s')} s "
+                      f"(median {notes.get('seed_ready_median_s', '-')})."]
+    return "\n".join(lines) + "\n"
+
+
+def _md(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "compare")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scenario", action="append", choices=SCENARIOS,
+                   help="run only these (default: all; 'first-boot-chain' is scenarios 1, 3 and 4)")
+    p.add_argument("--no-compare", action="store_true", help="skip the timing comparison with the seed's unit")
+    p.add_argument("--repeat", type=int, default=1, help="first boots per variant in the comparison")
+    p.add_argument("--record", action="store_true",
+                   help="also write docs/boot-results.json and docs/boot-results.md in the repository")
+    p.add_argument("--work", type=Path, help="work directory (default: a new one under the cache)")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)  # unwind, so `finally` blocks stop QEMU and the fabric
+    preflight()
+    chosen = args.scenario or [s for s in SCENARIOS if not (s == "compare" and args.no_compare)]
+    (CACHE / "runs").mkdir(parents=True, exist_ok=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%dT%H%M%S-"), dir=CACHE / "runs"))
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "build.log"
+    say(f"work dir {work}; cache {CACHE}")
+    t0 = time.monotonic()
+    images = build_images(work, log, with_seed="compare" in chosen and seed.available())
+    kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
+    say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
+    scenarios: list[Scenario] = []
+    runners: dict[str, Callable[[Path, Machine], Any]] = {
+        "first-boot-chain": first_boot_chain, "power-cut": power_cut, "power-cut-imds": power_cut_imds,
+        "opt-out": opt_out}
+    for name in chosen:
+        if name == "compare" and "seed" not in images:
+            say(f"{name}: skipped (the seed document is not at {seed.SEED_DIR})")
+            continue
+        disk = work / f"disk-{name}.img"
+        try:
+            if name == "compare":
+                got = compare(images, work, kernel, args.repeat)
+            else:
+                machine = Machine(disk=copy_disk(images["azprov"], disk), kernel=kernel, work=work, accel=accel())
+                got = runners[name](disk, machine)
+        except BootTestError as e:
+            got = Scenario(name, [], error=str(e))
+            say(f"FAIL {name}: {e}")
+        except Exception as e:  # a broken harness is a failed run, with the trace kept
+            got = Scenario(name, [], error=f"{type(e).__name__}: {e}")
+            traceback.print_exc()
+        scenarios.extend(got if isinstance(got, list) else [got])
+        disk.unlink(missing_ok=True)
+    doc = results_doc(scenarios, accel(), kernel)
+    (work / "boot-results.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (work / "boot-results.md").write_text(markdown(doc))
+    if args.record:
+        (REPO / "docs").mkdir(exist_ok=True)
+        (REPO / "docs/boot-results.json").write_text(json.dumps(doc, indent=1) + "\n")
+        (REPO / "docs/boot-results.md").write_text(markdown(doc))
+    print(markdown(doc))
+    failed = [s for s in scenarios if not s.ok]
+    if not failed and os.environ.get("AZPROV_BOOT_KEEP") != "1":
+        for image in work.glob("*.img"):  # ~1 GB each; the logs and results stay
+            image.unlink()
+    for s in scenarios:
+        print(f"{'PASS' if s.ok else 'FAIL'}  {s.name}" + (f"  -- {s.error}" if s.error else ""))
+    say(f"{len(scenarios) - len(failed)} passed, {len(failed)} failed in {time.monotonic() - t0:.0f}s; logs in {work}")
+    return 1 if failed or not scenarios else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
