@@ -21,8 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import Env
+from conftest import Env as _CliEnv
 from fakefabric import GOAL_STATE, FakeFabric
+
+
+class Env(_CliEnv):
+    """Runs `azprov` the way the console script does (statemachine.launch: gc off, later-boot fast path)."""
+
+    def argv(self, *args: str) -> list[str]:
+        cli = super().argv(*args)
+        return [*cli[:2], "statemachine.launch", *cli[3:]]
 
 ACTIVE_PHASES = ("network_wait", "goalstate", "reporting", "configuring")
 PERSIST_POINTS = ("persist.before_write", "persist.before_rename", "persist.after_rename")
