@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FIXTURES
 from fakefabric import GOAL_STATE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -265,3 +266,60 @@ def test_failure_description_stays_one_well_formed_line(reason: str, data: dict[
     assert keys[:3] == ["result", "reason", "agent"], text
     assert keys[-3:] == ["vm_id", "timestamp", "documentation_url"], text  # the ids are never cut off
     assert "\n" not in text and "\r" not in text
+
+
+# ---- the parsers the other issues added (provisioning media, JSON health, KVP, passwd/group) ----------------
+
+OVF = (FIXTURES / "wala_ovf_env.xml").read_bytes() if (FIXTURES / "wala_ovf_env.xml").exists() else None
+
+
+@FUZZ
+@given(st.data())
+def test_ovf_env_mutations_parse_or_raise_media_error(data: st.DataObject) -> None:
+    from statemachine.errors import MediaError
+    from states.media import parse_ovf_env
+
+    body = mutate(OVF, data) if OVF is not None and data.draw(st.booleans()) else data.draw(st.binary(max_size=300))
+    try:
+        parse_ovf_env(body)
+    except MediaError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=200) | json_value.map(lambda v: json.dumps(v).encode()))
+def test_json_health_parses_or_raises_goal_state_error(body: bytes) -> None:
+    from states.reporting_json import parse_provisioning_health
+
+    try:
+        parse_provisioning_health(body)
+    except GoalStateError:
+        pass
+
+
+@FUZZ
+@given(st.binary(max_size=3 * 2560 + 100))
+def test_kvp_pool_bytes_always_decode(data: bytes) -> None:
+    from statemachine import kvp
+
+    for record in kvp.decode_pool(data):
+        assert isinstance(record.key, str) and isinstance(record.value, str)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=40)), max_size=6))
+def test_report_fields_round_trip(items: list[tuple[str, str]]) -> None:
+    from statemachine import report
+
+    decoded = report.decode_fields(report.encode_fields(items))
+    assert [v for _, v in decoded] == [v for _, v in items] or not items
+
+
+@FUZZ
+@given(text=st.text(max_size=300), name=st.text(max_size=10))
+def test_passwd_and_group_parsers_never_raise(text: str, name: str) -> None:
+    from states.configure import user
+
+    account = user.parse_passwd(text, name)
+    assert account is None or account.name == name
+    user.parse_groups(text)
