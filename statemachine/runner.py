@@ -143,6 +143,7 @@ class Runner:
                 "data": {"signal": t.signum}, "state": self.agent.state.value, "at": utc_now()})
             self.store.save(self.record)
             log.warning("terminated; the next run resumes here", extra=fields(state=self.agent.state.value))
+            t.logged = True
             self.ctx.events().left(self.agent.state.value, "terminated", self.ctx.clock() - self._entered_at,
                                    f"signal {t.signum}")
             raise

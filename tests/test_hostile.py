@@ -394,6 +394,7 @@ def test_sigint_and_sigterm_while_waiting_for_the_lock(vm: Env, fabric: FakeFabr
     second.send_signal(signal.SIGTERM)
     out, _ = second.communicate(timeout=5)
     assert second.returncode == 143 and "Traceback" not in out
+    assert "terminated before provisioning started" in out
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=5)
     assert first.returncode == 143
