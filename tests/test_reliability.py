@@ -134,3 +134,26 @@ def test_raise_failpoint_counts_hits(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(failpoints.FailpointError):
         failpoints.failpoint("p")
     failpoints.failpoint("p")  # only the N-th hit fires
+
+
+@pytest.mark.parametrize("point", ["fail.before_report", "fail.after_report"])
+@pytest.mark.parametrize("action", ["kill", "exit"])
+def test_crash_on_the_failure_path_then_reboot_ends_ready(point: str, action: str, tmp_path: Path) -> None:
+    """IMDS fails past its budget, the agent dies around the ProvisioningFailed POST; IMDS then heals. The
+    next boot must finish, and the last word the platform heard for this incarnation must be Ready."""
+    from scenarios import Env, read_record
+
+    from fakefabric import FakeFabric
+
+    with FakeFabric() as fab:
+        fab.set_script("imds", [{"status": 500}] * 10000)
+        vm = Env(tmp_path, fab.url)
+        vm.set("fabric", imds_timeout=0.5)
+        first = vm.run(env={"AZPROV_FAILPOINT": f"{point}:{action}"})
+        assert first.returncode == (-9 if action == "kill" else 137), first.stdout
+        fab.set_script("imds", [])
+        second = vm.run()
+        assert second.returncode == 0, second.stdout
+        assert (read_record(vm) or {})["state"] == "done"
+        reports = [e for e in fab.requests("health") if e["status"] == 200 and e["incarnation"] == fab.incarnation]
+        assert reports and reports[-1]["health_state"] == "Ready", [r["health_state"] for r in reports]
