@@ -9,12 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fakefabric import FakeFabric
 from scenarios import (
     FAULTS,
     SAVES_IN_A_RUN,
     Crash,
+    Env,
     Fault,
     crash_matrix,
+    read_record,
     run_crash,
     run_fault,
     run_sigterm,
@@ -141,10 +144,6 @@ def test_raise_failpoint_counts_hits(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_crash_on_the_failure_path_then_reboot_ends_ready(point: str, action: str, tmp_path: Path) -> None:
     """IMDS fails past its budget, the agent dies around the ProvisioningFailed POST; IMDS then heals. The
     next boot must finish, and the last word the platform heard for this incarnation must be Ready."""
-    from scenarios import Env, read_record
-
-    from fakefabric import FakeFabric
-
     with FakeFabric() as fab:
         fab.set_script("imds", [{"status": 500}] * 10000)
         vm = Env(tmp_path, fab.url)
