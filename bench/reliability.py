@@ -9,8 +9,10 @@ time). Nothing leaves 127.0.0.1; every run uses a temporary root and state direc
 Columns: DONE = runs whose final state was DONE; FAILED-reported = runs that ended FAILED with a
 NotReady/ProvisioningFailed report accepted by the fabric; duplicate Ready = runs where the fabric accepted
 more than one Ready for its current incarnation (expected only in the crash window between the 200 and the
-save); lost Ready = runs that should have reported Ready (the fabric was or became healthy) and did not;
-max time = the longest run in seconds (crash rows: both boots; SIGTERM rows: signal to exit).
+save, and on the failure-path rows, where a reboot after ProvisioningFailed must post Ready again); lost
+Ready = runs that should have reported Ready (the fabric was or became healthy) and did not (failure-path
+rows: Ready is not the platform's last word); max time = the longest run in seconds (crash rows: both
+boots; SIGTERM rows: signal to exit).
 """
 
 from __future__ import annotations
@@ -95,6 +97,17 @@ def crash_rows(n: int) -> Iterator[Row]:
                 row.times.append(result.elapsed)
         row.duplicates_allowed = any(r.duplicate for r in row.results) and all(
             r.duplicate_allowed for r in row.results if r.duplicate)
+        yield row
+
+
+def fail_crash_rows(n: int) -> Iterator[Row]:
+    for point in scenarios.FAIL_POINTS:
+        row = Row(f"crash at `{point}` (kill, _exit; IMDS past budget, then heals) + reboot", "DONE",
+                  duplicates_allowed=True)
+        for action in scenarios.CRASH_ACTIONS:
+            for result in _runs(n, lambda tmp, a=action, p=point: scenarios.run_fail_crash(p, a, tmp)):
+                row.results.append(result)
+                row.times.append(result.elapsed)
         yield row
 
 
@@ -186,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     groups = args.only or ["crash", "sigterm", "fault", "state"]
     started = time.monotonic()
     rows: list[Row] = []
-    makers = {"crash": lambda: crash_rows(args.runs), "sigterm": lambda: sigterm_rows(args.runs),
+    makers = {"crash": lambda: [*crash_rows(args.runs), *fail_crash_rows(args.runs)],
+              "sigterm": lambda: sigterm_rows(args.runs),
               "fault": lambda: fault_rows(args.runs, not args.skip_slow), "state": lambda: state_rows(args.runs)}
     for group in groups:
         for row in makers[group]():

@@ -434,3 +434,24 @@ def run_concurrent(tmp: Path) -> Result:
         rc = max(first.returncode, second.returncode)
         proc = subprocess.CompletedProcess(args=[], returncode=rc, stdout=out1 + out2, stderr="")
         return _result("two runs at once", vm, fab, proc, elapsed)
+
+
+FAIL_POINTS = ("fail.before_report", "fail.after_report")
+
+
+def run_fail_crash(point: str, action: str, tmp: Path) -> Result:
+    """IMDS fails past its budget and the agent dies around the ProvisioningFailed POST; IMDS heals and the
+    VM boots again. `ready` counts only when Ready is the platform's last word for the incarnation."""
+    with FakeFabric() as fab:
+        fab.set_script("imds", [{"status": 500}] * 10000)
+        vm = Env(tmp, fab.url)
+        vm.set("fabric", **{**FAST, "imds_timeout": 0.5})
+        first, t1 = timed_run(vm, env={"AZPROV_FAILPOINT": f"{point}:{action}"})
+        fab.set_script("imds", [])
+        second, t2 = timed_run(vm)
+        result = _result(f"{point}:{action}", vm, fab, second, t1 + t2, duplicate_allowed=True)
+        taken = [e for e in fab.requests("health") if e["status"] == 200 and e["incarnation"] == fab.incarnation]
+        if not taken or taken[-1]["health_state"] != "Ready":
+            result.ready = 0  # the platform's last word is not Ready: as good as lost
+        result.detail = {"first_rc": first.returncode}
+        return result
