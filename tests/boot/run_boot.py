@@ -233,7 +233,36 @@ def _fmt(seconds: float | None) -> str:
 
 
 # ---- building the images --------------------------------------------------------------------------------------
-def build_images(work: Path, log: Path, with_seed: bool) -> dict[str, Path]:
+# Diagnostic variant: the same unit with its sandbox switched off by a drop-in, to measure what it costs.
+UNHARDENED = """[Service]
+ProtectSystem=no
+PrivateTmp=no
+PrivateMounts=no
+DevicePolicy=auto
+DeviceAllow=
+CapabilityBoundingSet=
+NoNewPrivileges=no
+IPAddressDeny=
+IPAddressAllow=
+RestrictAddressFamilies=
+LockPersonality=no
+MemoryDenyWriteExecute=no
+ProtectClock=no
+ProtectControlGroups=no
+ProtectKernelLogs=no
+ProtectKernelModules=no
+ProtectKernelTunables=no
+ProtectProc=default
+RestrictNamespaces=no
+RestrictRealtime=no
+RestrictSUIDSGID=no
+RemoveIPC=no
+SystemCallArchitectures=
+SystemCallFilter=
+"""
+
+
+def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False) -> dict[str, Path]:
     """The azprov image (and the seed-unit image): disks made from the cached base, installed as users do."""
     base = guest.build_base(CACHE, log)
     wheelhouse = work / "wheelhouse"
@@ -245,6 +274,11 @@ def build_images(work: Path, log: Path, with_seed: bool) -> dict[str, Path]:
     guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
     add_report_unit(rootfs, "azprov.service", log)
     images["azprov"] = guest.make_disk(rootfs, work / "image-azprov.img")
+    if unhardened:
+        dropin = rootfs / "etc/systemd/system/azprov.service.d"
+        dropin.mkdir(parents=True)
+        (dropin / "unhardened.conf").write_text(UNHARDENED)
+        images["azprov-unhardened"] = guest.make_disk(rootfs, work / "image-azprov-unhardened.img")
     if with_seed:
         script, unit = seed.load()
         seed.install(rootfs_seed := guest.prepare_rootfs(base, work / "rootfs-seed"), script, unit)
@@ -424,14 +458,15 @@ def opt_out(image: Path, m: Machine) -> Scenario:
     return s
 
 
-def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: int) -> Scenario:
+def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: int,
+            variants: tuple[str, ...] = ("azprov", "seed")) -> Scenario:
     """First boots of azprov and of the seed document's unit (script + curl hostname), alternated on fresh
     copies of the same guest, for the timing comparison. azprov is asserted as in scenario 1; the seed is
     measured, not asserted (it is what azprov replaces)."""
     boots: list[Boot] = []
-    s = Scenario(f"first boot, azprov vs the seed document's unit (x{repeat}, alternated)", boots)
+    s = Scenario(f"first boot, {' vs '.join(variants)} (x{repeat}, alternated)", boots)
     for i in range(1, repeat + 1):
-        for variant in ("azprov", "seed"):
+        for variant in variants:
             disk = copy_disk(images[variant], work / f"disk-compare-{variant}.img")
             m = Machine(disk=disk, kernel=kernel, work=work, accel=accel())
             vm = str(uuid.uuid4())
@@ -443,7 +478,7 @@ def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: i
                 b = m.boot(f"compare-{name}", fab, vm)
             boots.append(b)
             disk.unlink()
-            if variant == "azprov":
+            if variant.startswith("azprov"):
                 def checks(b: Boot = b, name: str = name, vm: str = vm) -> None:
                     expect_provisioned(b, name, vm_id_for(vm))
                 run_checks(s, checks)
@@ -451,8 +486,8 @@ def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: i
                     return s
             else:
                 s.notes.setdefault("seed_hostname_set", []).append((b.report or {}).get("hostname") == name)
-    for variant in ("azprov", "seed"):
-        times = sorted(t for b in boots if b.name.startswith(f"compare-{variant}-") and (t := b.ready_at()))
+    for variant in variants:
+        times = sorted(t for b in boots if b.name.rsplit("-", 1)[0] == f"compare-{variant}" and (t := b.ready_at()))
         s.notes[f"{variant}_ready_s"] = [round(t, 2) for t in times]
         if times:
             s.notes[f"{variant}_ready_median_s"] = round(times[len(times) // 2], 2)
@@ -495,7 +530,29 @@ def boot_doc(b: Boot) -> dict[str, Any]:
             "unit_start_guest_s": _usec(props.get("InactiveExitTimestampMonotonic")),
             "unit_done_guest_s": done,
             "unit": {k: props.get(k) for k in ("ActiveState", "SubState", "Result", "ConditionResult")},
-            "host_load_1min": list(b.host_load), "timings_warm": report.get("timings_warm")}
+            "host_load_1min": list(b.host_load), "timings_warm": report.get("timings_warm"),
+            "guest_timeline_s": guest_timeline(report.get("journal") or "")}
+
+
+# Journal messages that mark azprov's progress (its log lines; the unit's start/finish come from systemd).
+MILESTONES = {"unit starting": "Starting ", "azprov running": "azprov: starting",
+              "fast path (already provisioned)": "already provisioned", "wireserver reachable": "WireServer reachable",
+              "goal state received": "goal state received", "ready reported": "reported Ready",
+              "hostname set": "hostname set", "unit finished": "Finished "}
+_JOURNAL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]\s(.*)$")
+
+
+def guest_timeline(journal: str) -> dict[str, float]:
+    """Pure: seconds since the guest kernel started at which each milestone first shows in the journal."""
+    found: dict[str, float] = {}
+    for line in journal.splitlines():
+        m = _JOURNAL_LINE.match(line)
+        if not m:
+            continue
+        for name, needle in MILESTONES.items():
+            if name not in found and needle in m.group(2):
+                found[name] = float(m.group(1))
+    return {k: round(v, 2) for k, v in sorted(found.items(), key=lambda kv: kv[1])}
 
 
 def _round(v: float | None) -> float | None:
@@ -534,11 +591,11 @@ def markdown(doc: dict[str, Any]) -> str:
                          f"| {b['host_load_1min'][0]:.1f}–{b['host_load_1min'][1]:.1f} |")
     for s in doc["scenarios"]:
         notes = s["notes"]
-        if "azprov_ready_s" in notes:
-            lines += ["", "QEMU start → Ready accepted, first boots alternated on fresh disks: azprov "
-                      f"{notes['azprov_ready_s']} s (median {notes.get('azprov_ready_median_s', '-')}), "
-                      f"the seed document's unit {notes.get('seed_ready_s')} s "
-                      f"(median {notes.get('seed_ready_median_s', '-')})."]
+        runs = [(k[: -len("_ready_s")], v) for k, v in notes.items() if k.endswith("_ready_s")]
+        if runs:
+            parts = [f"{name} {times} s (median {notes.get(name + '_ready_median_s', '-')})" for name, times in runs]
+            lines += ["", "QEMU start → Ready accepted, first boots alternated on fresh disks: "
+                      + "; ".join(parts) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -560,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these (default: all; 'first-boot-chain' is scenarios 1, 3 and 4)")
     p.add_argument("--no-compare", action="store_true", help="skip the timing comparison with the seed's unit")
     p.add_argument("--repeat", type=int, default=1, help="first boots per variant in the comparison")
+    p.add_argument("--unhardened", action="store_true",
+                   help="add to the comparison azprov with its sandbox switched off (diagnostic)")
     p.add_argument("--record", action="store_true",
                    help="also write docs/boot-results.json and docs/boot-results.md in the repository")
     p.add_argument("--work", type=Path, help="work directory (default: a new one under the cache)")
@@ -573,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "build.log"
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
-    images = build_images(work, log, with_seed="compare" in chosen and seed.available())
+    images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
+                          unhardened=args.unhardened)
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
     scenarios: list[Scenario] = []
@@ -587,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         disk = work / f"disk-{name}.img"
         try:
             if name == "compare":
-                got = compare(images, work, kernel, args.repeat)
+                variants = ("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
+                got = compare(images, work, kernel, args.repeat, variants)
             else:
                 machine = Machine(disk=copy_disk(images["azprov"], disk), kernel=kernel, work=work, accel=accel())
                 got = runners[name](disk, machine)
