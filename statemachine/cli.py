@@ -3,13 +3,16 @@ the only place where errors become exit codes.
 
 Exit codes of a run: 0 DONE, 1 FAILED, 78 configuration error, 75 lock not obtained, 64 usage error,
 143/130 terminated by SIGTERM/SIGINT. `--status`: 0 ok (done, running, not started), 1 failed,
-2 done with recoverable errors. The DONE fast path (a provisioned VM's later boots) reads the record and
-exits without importing transitions, requests or lxml.
+2 done with recoverable errors. `--dry-run`: 0 every step can plan, 2 only recoverable problems, 1 a step
+would fail (or the fabric cannot be read). `clean`: 0 cleaned, 75 a run holds the lock. The DONE fast
+path (a provisioned VM's later boots) reads the record and exits without importing transitions, requests
+or lxml.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import signal
@@ -41,14 +44,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="show the provisioning record and exit")
     p.add_argument("--json", action="store_true", help="with --status: machine-readable output")
     p.add_argument("--wait", action="store_true", help="with --status: wait until provisioning has ended")
+    p.add_argument("--dry-run", action="store_true",
+                   help="read the goal state and IMDS, print what each configure step would change; "
+                   "change nothing, post nothing")
+    p.add_argument("command", nargs="?", choices=["clean"],
+                   help="clean: remove azprov's records before capturing an image")
+    p.add_argument("--logs", action="store_true", help="with clean: also remove azprov's log files")
+    p.add_argument("--machine-id", action="store_true",
+                   help="with clean: also reset /etc/machine-id to 'uninitialized'")
+    p.add_argument("--kvp", action="store_true", help="with --status: also decode the Hyper-V KVP pool")
     p.add_argument("--version", action="version", version=f"azprov {__version__}")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if (args.json or args.wait) and not args.status:
-        build_parser().error("--json and --wait go with --status")
+    if (args.wait or args.kvp) and not args.status:
+        build_parser().error("--wait and --kvp go with --status")
+    if args.json and not (args.status or args.dry_run):
+        build_parser().error("--json goes with --status or --dry-run")
+    if (args.logs or args.machine_id) and args.command != "clean":
+        build_parser().error("--logs and --machine-id go with clean")
+    if sum((args.status, args.dry_run, args.command is not None)) > 1:
+        build_parser().error("--status, --dry-run and clean exclude each other")
     try:
         cfg = config.load_layers(args.config)
     except ConfigError as e:
@@ -57,17 +75,83 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.setup(cfg.log.level)
     state_file = cfg.state_dir / persistence.STATE_FILE
     if args.status:
-        return status(state_file, args.json, args.wait)
-    return run(cfg, state_file)
+        return status(state_file, args.json, args.wait, kvp_pool(cfg) if args.kvp else None)
+    if args.dry_run:
+        return dry_run(cfg, args.json)
+    if args.command == "clean":
+        return clean(cfg, args.logs, args.machine_id)
+    code = run(cfg, state_file)
+    if code == 0:
+        remember_done(cfg, args.config, state_file)
+    return code
 
 
-def status(state_file: Path, as_json: bool, wait: bool) -> int:
+def remember_done(cfg: config.Config, explicit: Path | None, state_file: Path) -> None:
+    """Stamp a DONE record for the next boot's fast path (statemachine/fastpath.py)."""
+    from statemachine import fastpath
+    from statemachine.phase import Phase
+
+    try:
+        record = persistence.load(state_file)
+    except StateFileError:
+        return
+    if record is None or record.state is not Phase.DONE or record.vm_id is None:
+        return
+    layers = [str(p) for p in config.system_layers()] + ([str(explicit)] if explicit is not None else [])
+    fastpath.remember(layers, str(state_file.parent), cfg.identity.product_uuid_path, cfg.identity.efi_path,
+                      record.vm_id, cfg.log.level)
+
+
+def dry_run(cfg: config.Config, as_json: bool) -> int:
+    """Plan only. Logs go to stderr so stdout holds nothing but the plan."""
+    from statemachine.context import Context
+    from states import dryrun
+
+    for name in ("azprov", "statemachine", "states"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler):
+                handler.setStream(sys.stderr)
+    try:
+        result = dryrun.plan(Context(cfg))
+    except AgentError as e:
+        if as_json:
+            print(json.dumps({"dry_run": True, "error": e.as_dict()}, indent=2))
+        else:
+            print(f"azprov: dry run failed: {e}", file=sys.stderr)
+        return e.exit_code
+    print(json.dumps(result, indent=2, sort_keys=True) if as_json else dryrun.render(result))
+    return dryrun.exit_code(result)
+
+
+def clean(cfg: config.Config, logs: bool, machine_id: bool) -> int:
+    from statemachine import clean as cleaning
+
+    try:
+        removed = cleaning.clean(cfg, logs=logs, machine_id=machine_id)
+    except AgentError as e:
+        print(f"azprov: clean: {e}", file=sys.stderr)
+        return e.exit_code
+    for path in removed:
+        print(f"removed {path}")
+    if not removed:
+        print("nothing to remove")
+    return 0
+
+
+def kvp_pool(cfg: config.Config) -> Path:
+    """The pool file, under paths.root as the run writes it."""
+    return Path(cfg.paths.root) / cfg.kvp.pool_path.lstrip("/")
+
+
+def status(state_file: Path, as_json: bool, wait: bool, pool: Path | None = None) -> int:
     from statemachine import status as st
 
     try:
         while wait and not st.is_settled(state_file):
-            time.sleep(0.2)
+            sleep(0.2)
         text, code = st.show(state_file, as_json)
+        if pool is not None:
+            text = st.with_kvp(text, pool, as_json)
     except StateFileError as e:
         if as_json:
             print(json.dumps({"state": "unknown", "last_error": e.as_dict()}, indent=2))
@@ -76,6 +160,16 @@ def status(state_file: Path, as_json: bool, wait: bool) -> int:
         return 1
     print(text)
     return code
+
+
+def sleep(seconds: float) -> None:
+    """Every wait of a run goes through here. The launcher starts with the garbage collector off (imports
+    make ~50 collections that free nothing); the first wait means the run may be long, so freeze what exists
+    (the imported modules: never garbage) and collect normally from then on."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
+    time.sleep(seconds)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -89,10 +183,11 @@ def run(cfg: config.Config, state_file: Path) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     lock = RunLock(state_file.parent / persistence.LOCK_FILE)
     try:
-        persistence.ensure_state_dir(state_file.parent)
-        lock.acquire(timeout=cfg.total_budget(),
-                     on_wait=lambda pid: log.info("another run holds the lock; waiting", extra=fields(pid=pid)))
-        return _run_locked(cfg, state_file)
+        durable = _prepare_state_dir(state_file.parent)
+        if durable:
+            lock.acquire(timeout=cfg.total_budget(), on_wait=lambda pid: log.info(
+                "another run holds the lock; waiting", extra=fields(pid=pid)))
+        return _run_locked(cfg, state_file, durable)
     except Terminated as t:
         return 128 + t.signum
     except AgentError as e:
@@ -102,18 +197,41 @@ def run(cfg: config.Config, state_file: Path) -> int:
         lock.release()
 
 
-def _run_locked(cfg: config.Config, state_file: Path) -> int:
+def _prepare_state_dir(state_dir: Path) -> bool:
+    """A state directory we cannot create or trust must not cost the Ready: provision without a record
+    (the next boot starts over, and every step is idempotent) and say so loudly."""
+    try:
+        persistence.ensure_state_dir(state_dir)
+    except StateFileError as e:
+        log.error("state directory is unusable; provisioning without a record (the next boot starts over)",
+                  extra=fields(reason=str(e)))
+        return False
+    return True
+
+
+def _load(state_file: Path) -> persistence.Record | None:
+    stale = persistence.remove_stale_temps(state_file)
+    if stale:
+        log.info("removed temp files of an interrupted save", extra=fields(files=stale))
+    try:
+        return persistence.load(state_file)
+    except StateFileError as e:
+        try:
+            moved = persistence.quarantine(state_file)
+        except StateFileError as not_moved:  # read-only: the save that follows will fail and say so too
+            moved = None
+            log.error("broken state record cannot be moved aside", extra=fields(reason=str(not_moved)))
+        log.error("state record is broken; moved aside, provisioning starts fresh",
+                  extra=fields(reason=str(e), moved_to=str(moved)))
+        return None
+
+
+def _run_locked(cfg: config.Config, state_file: Path, durable: bool = True) -> int:
     from statemachine.identity import read_vm_id
     from statemachine.timeutil import utc_now
 
     vm_id = read_vm_id(Path(cfg.identity.product_uuid_path), Path(cfg.identity.efi_path))
-    try:
-        record = persistence.load(state_file)
-    except StateFileError as e:
-        moved = persistence.quarantine(state_file)
-        log.error("state record is broken; moved aside, provisioning starts fresh",
-                  extra=fields(reason=str(e), moved_to=str(moved)))
-        record = None
+    record = _load(state_file) if durable else None
     from statemachine.resume import plan_start
 
     action, record = plan_start(record, vm_id, cfg.agent.max_boot_attempts, utc_now())
@@ -125,17 +243,20 @@ def _run_locked(cfg: config.Config, state_file: Path) -> int:
                   extra=fields(boot_attempts=record.boot_attempts, last_error=(record.last_error or {}).get("reason")))
         return 1
     if action == "new_vm":
-        persistence.set_aside(state_file, "prev")
+        try:
+            persistence.set_aside(state_file, "prev")
+        except StateFileError as e:  # the old record is overwritten by the first save, if that works
+            log.error("previous VM's record cannot be kept aside", extra=fields(reason=str(e)))
         log.info("record belongs to another VM (a new VM from this image); provisioning afresh",
                  extra=fields(vm_id=vm_id))
     if vm_id is None:
         log.warning("no SMBIOS product_uuid; the VM id will come from IMDS compute.vmId",
                     extra=fields(path=cfg.identity.product_uuid_path))
     log.info("starting", extra=fields(action=action, state=record.state.value, vm_id=vm_id))
-    return _drive(cfg, state_file, record)
+    return _drive(cfg, state_file, record, durable)
 
 
-def _drive(cfg: config.Config, state_file: Path, record: persistence.Record) -> int:
+def _drive(cfg: config.Config, state_file: Path, record: persistence.Record, durable: bool = True) -> int:
     from statemachine.context import Context
     from statemachine.phase import Phase
     from statemachine.runner import Runner, Store
@@ -143,9 +264,9 @@ def _drive(cfg: config.Config, state_file: Path, record: persistence.Record) -> 
 
     steps = {Phase.NETWORK_WAIT: network_wait.step, Phase.GOALSTATE: goalstate.step,
              Phase.REPORTING: reporting.step, Phase.CONFIGURING: configuring.step}
-    store = Store(state_file)
+    store = Store(state_file, enabled=durable)
     store.save(record)
-    final = Runner(Context(cfg), steps, store, reporting.report_failure).drive(record)
+    final = Runner(Context(cfg, sleep=sleep), steps, store, reporting.report_failure).drive(record)
     if final.state is Phase.DONE:
         log.info("provisioning finished", extra=fields(state="done", recoverable_errors=len(final.recoverable_errors)))
         return 0

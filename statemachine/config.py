@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ class FabricConfig:
     wireserver_timeout: float = 1200.0
     imds_timeout: float = 300.0
     request_timeout: float = 30.0
+    health_protocol: str = "wireserver"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +60,26 @@ class ConfigureConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class UserConfig:
+    groups: tuple[str, ...] = ("sudo",)
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaConfig:
+    enabled: bool = False
+    device: str = "/dev/sr0"
+    path: str = "ovf-env.xml"
+
+
+@dataclasses.dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
+
+
+@dataclasses.dataclass(frozen=True)
+class KvpConfig:
+    enabled: bool = True
+    pool_path: str = "/var/lib/hyperv/.kvp_pool_1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +94,11 @@ class Config:
     identity: IdentityConfig = dataclasses.field(default_factory=IdentityConfig)
     hostname: HostnameConfig = dataclasses.field(default_factory=HostnameConfig)
     configure: ConfigureConfig = dataclasses.field(default_factory=ConfigureConfig)
+    user: UserConfig = dataclasses.field(default_factory=UserConfig)
+    media: MediaConfig = dataclasses.field(default_factory=MediaConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
     agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    kvp: KvpConfig = dataclasses.field(default_factory=KvpConfig)
 
     @property
     def state_dir(self) -> Path:
@@ -106,7 +129,7 @@ def _absolute(v: Any) -> str | None:
 
 
 # The configure steps states/configure/ provides, in the order they make sense to run.
-KNOWN_STEPS = ("hostname",)
+KNOWN_STEPS = ("hostname", "user", "ssh_keys")
 
 
 def _steps(v: Any) -> str | None:
@@ -118,6 +141,16 @@ def _steps(v: Any) -> str | None:
     return None
 
 
+def _group_names(v: Any) -> str | None:
+    bad = [g for g in v if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", g)]
+    return f"not group names: {', '.join(map(repr, bad))}" if bad else None
+
+
+def _relative_file(v: Any) -> str | None:
+    ok = v and not v.startswith("/") and ".." not in v.split("/")
+    return None if ok else "must be a path relative to the media's root, without '..'"
+
+
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "fabric.wireserver_url": _http_url,
     "fabric.imds_url": _http_url,
@@ -125,14 +158,19 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "fabric.wireserver_timeout": _positive,
     "fabric.imds_timeout": _positive,
     "fabric.request_timeout": _positive,
+    "fabric.health_protocol": _one_of("wireserver", "provisioning"),
     "paths.state_dir": _absolute,
     "paths.root": _absolute,
     "identity.product_uuid_path": _absolute,
     "identity.efi_path": _absolute,
     "hostname.method": _one_of("auto", "hostnamectl", "sethostname", "file"),
     "configure.steps": _steps,
+    "user.groups": _group_names,
+    "media.device": _absolute,
+    "media.path": _relative_file,
     "log.level": _one_of("debug", "info", "warning", "error"),
     "agent.max_boot_attempts": _positive,
+    "kvp.pool_path": _absolute,
 }
 
 

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from statemachine.config import Config
+from statemachine.telemetry import Telemetry
 
 
 class WireServerClient(Protocol):
     def get_goal_state(self) -> bytes: ...
     def post_health(self, body: bytes) -> None: ...
+    def post_provisioning_health(self, body: bytes) -> None: ...
 
 
 class ImdsClient(Protocol):
@@ -53,6 +55,7 @@ class Context:
     deadline: float = float("inf")
     wireserver: WireServerClient | None = None
     imds: ImdsClient | None = None
+    telemetry: Telemetry | None = None
 
     def __post_init__(self) -> None:
         self._http: Any = None
@@ -67,6 +70,15 @@ class Context:
 
     def remaining(self) -> float:
         return self.deadline - self.clock()
+
+    def events(self) -> Telemetry:
+        """KVP telemetry; a no-op when `kvp.enabled` is false. The pool file lives under `paths.root`."""
+        if self.telemetry is None:
+            from statemachine.kvp import KvpPool
+
+            kvp = self.config.kvp
+            self.telemetry = Telemetry(KvpPool(self.root_path(kvp.pool_path)) if kvp.enabled else None)
+        return self.telemetry
 
     def wire(self) -> WireServerClient:
         if self.wireserver is None:
@@ -86,5 +98,6 @@ class Context:
         if self._http is None:
             from statemachine import fabric
 
-            self._http = fabric.Http(fabric.new_session(), self.config.fabric.request_timeout)
+            self._http = fabric.Http(fabric.new_session(), self.config.fabric.request_timeout,
+                                     remaining=self.remaining)
         return self._http

@@ -86,6 +86,10 @@ class ConfigureError(AgentError):
     """A local change on the VM failed."""
 
 
+class MediaError(AgentError):
+    """The provisioning media (the ovf-env.xml CD) cannot be mounted or read, or its document is invalid."""
+
+
 class StateFileError(AgentError):
     """The persisted record is unreadable, of an unknown schema, or not safe to use."""
 
@@ -111,3 +115,7 @@ class Terminated(BaseException):
 class RecoverableError(AgentError):
     """A configure step could not do all of its work, but the VM is usable: recorded, reported by
     `--status` (exit 2), and provisioning goes on."""
+
+
+class KvpError(AgentError):
+    """A KVP record cannot be encoded or the pool cannot be locked. KVP is telemetry: never fatal."""

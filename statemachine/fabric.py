@@ -8,10 +8,14 @@ code tables below; the runner decides what to do with them.
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, Callable
 
 import requests
 
@@ -31,20 +35,64 @@ def new_session() -> requests.Session:
     return session
 
 
-class Http:
-    """One request with an overall deadline and a size cap."""
+class _DeadlinePassed(BaseException):
+    """Raised by SIGALRM inside a blocked socket call; a BaseException so no library code swallows it."""
 
-    def __init__(self, session: requests.Session, timeout: float, max_body: int = MAX_BODY) -> None:
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Interrupt whatever blocks the main thread after `seconds`. Socket timeouts bound each recv, not a
+    whole call: a server trickling its status line a byte at a time would hold us for hours."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread; the agent's calls all run there
+        return
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise _DeadlinePassed()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+MIN_CALL = 0.05  # the shortest call worth making when a phase's budget is nearly spent
+
+
+class Http:
+    """One request with an overall deadline and a size cap.
+
+    The deadline is `timeout`, shortened to what is left of the caller's budget (`remaining`), so a call
+    started near the end of a phase cannot carry it past its budget by a whole `timeout`."""
+
+    def __init__(self, session: requests.Session, timeout: float, max_body: int = MAX_BODY,
+                 remaining: Callable[[], float] | None = None) -> None:
         self.session = session
         self.timeout = timeout
         self.max_body = max_body
+        self.remaining = remaining
 
     def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None,
                 endpoint: str = "") -> tuple[int, Mapping[str, str], bytes]:
-        deadline = time.monotonic() + self.timeout
+        timeout = self.timeout
+        if self.remaining is not None:
+            timeout = max(min(timeout, self.remaining()), MIN_CALL)
+        try:
+            with _alarm(timeout + 0.1):  # a backstop: the socket timeouts and _read's checks come first
+                return self._request(method, url, headers, body, endpoint, timeout)
+        except _DeadlinePassed:
+            raise FabricError("fabric answer exceeded the per-call deadline", retryable=True,
+                              endpoint=endpoint, timeout=round(timeout, 3)) from None
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
+                 endpoint: str, timeout: float) -> tuple[int, Mapping[str, str], bytes]:
+        deadline = time.monotonic() + timeout
         try:
             resp = self.session.request(method, url, headers=dict(headers), data=body, stream=True,
-                                        timeout=(self.timeout, self.timeout), allow_redirects=False)
+                                        timeout=(timeout, timeout), allow_redirects=False)
         except requests.RequestException as e:
             raise FabricError("request to the fabric failed", retryable=True, endpoint=endpoint,
                               error=type(e).__name__, detail=str(e)[:200]) from e

@@ -7,6 +7,7 @@ process, so a crashed run never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -15,11 +16,14 @@ from typing import Callable
 
 from statemachine.errors import LockError
 
+_UNWRITABLE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
+
 
 class RunLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._on_file = True
 
     def try_acquire(self) -> bool:
         fd = self._open()
@@ -29,8 +33,12 @@ class RunLock:
             os.close(fd)
             return False
         self._fd = fd
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if self._on_file:
+            try:  # only for `--status` ("running") and the waiting run's message: a full disk may refuse it
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+            except OSError:
+                pass
         return True
 
     def acquire(self, timeout: float, on_wait: Callable[[str], None] = lambda holder: None,
@@ -59,6 +67,17 @@ class RunLock:
 
     def _open(self) -> int:
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._on_file = True
+            return fd
+        except OSError as e:
+            if e.errno not in _UNWRITABLE:
+                raise LockError("lock file cannot be opened", lock=str(self.path), error=e.strerror) from e
+        # A state directory that refuses writes must not cost the Ready: flock the directory itself, which
+        # needs no write. Every run on this boot sees the same file system, so they all lock the same way.
+        try:
+            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise LockError("lock file cannot be opened", lock=str(self.path), error=e.strerror) from e
+        self._on_file = False
+        return fd

@@ -70,6 +70,27 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+# Keys inside the nested objects that the runner and `--status` read, with the JSON types they must have.
+# Other keys are kept as they are (later versions may add some).
+ENTRY_TYPES: dict[str, tuple[type, ...]] = {
+    "state": (str,), "at": (str,), "event": (str,), "duration_s": (int, float),  # history entries
+    "reason": (str,), "data": (dict,), "step": (str,),  # errors
+    "status": (str,), "result": (str,), "error": (dict,),  # configure steps
+}
+
+
+def _check_entry(entry: Any, field: str) -> None:
+    if not isinstance(entry, dict):
+        raise StateFileError("state record field has the wrong type", field=field, got=type(entry).__name__)
+    for key, types in ENTRY_TYPES.items():
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise StateFileError("state record field has the wrong type", field=f"{field}.{key}",
+                                 got=type(value).__name__)
+    if isinstance(entry.get("error"), dict):
+        _check_entry(entry["error"], f"{field}.error")
+
+
 def to_json(record: Record) -> dict[str, Any]:
     data = dataclasses.asdict(record)
     data["state"] = record.state.value
@@ -109,6 +130,13 @@ def from_json(data: Any) -> Record:
         raise StateFileError("state record has a negative counter")
     if not all(isinstance(v, dict) for v in values.get("steps", {}).values()):
         raise StateFileError("state record field has the wrong type", field="steps", got="non-object step")
+    for name in ("history", "recoverable_errors"):
+        for entry in values[name]:
+            _check_entry(entry, name)
+    if values.get("last_error") is not None:
+        _check_entry(values["last_error"], "last_error")
+    for step_name, step in values.get("steps", {}).items():
+        _check_entry(step, f"steps.{step_name}")
     return Record(**values)
 
 
@@ -166,8 +194,8 @@ def load(path: Path) -> Record | None:
         return None
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StateFileError("state record is not valid JSON", path=str(path), error=str(e)) from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: "[[[[…"
+        raise StateFileError("state record is not valid JSON", path=str(path), error=str(e)[:200]) from e
     return from_json(document)
 
 
@@ -218,6 +246,21 @@ def set_aside(path: Path, suffix: str) -> Path | None:
         raise StateFileError("state record cannot be moved aside", path=str(path), error=e.strerror) from e
     _fsync_dir(path.parent)
     return target
+
+
+def remove_stale_temps(path: Path) -> list[str]:
+    """Delete temp files a crashed save left beside the record (killed between write and rename).
+
+    Only call this while holding the run lock: another run's temp file is not stale while it is saving.
+    Best effort: a leftover we cannot remove costs disk space, not correctness."""
+    removed = []
+    for stale in path.parent.glob(f".{path.name}-*.tmp"):
+        try:
+            stale.unlink()
+            removed.append(stale.name)
+        except OSError:
+            pass
+    return removed
 
 
 def quarantine(path: Path) -> Path | None:

@@ -21,6 +21,7 @@ from statemachine.failpoints import failpoint
 from statemachine.log import fields
 from statemachine.machine import TERMINAL, Agent, Phase, build_machine
 from statemachine.persistence import Record
+from statemachine.report import failure_report
 from statemachine.resume import with_transition
 from statemachine.timeutil import utc_now
 
@@ -41,8 +42,7 @@ POLICY = {
     Phase.REPORTING: retry.WIRESERVER,
     Phase.CONFIGURING: retry.IMDS,
 }
-FAILURE_REPORT_TRIES = 3
-FAILURE_REPORT_BUDGET = 30.0
+FAILURE_REPORT_BUDGET = 30.0  # at most; never more than fabric.wireserver_timeout
 
 
 def error_entry(error: AgentError, phase: Phase) -> dict[str, Any]:
@@ -55,11 +55,14 @@ class Store:
     """Saves the record; when the disk refuses (read-only, full), carries on in memory and says so once:
     reporting Ready matters more than remembering that we did."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled  # False: the state directory is unusable, keep everything in memory
         self.failed: StateFileError | None = None
 
     def save(self, record: Record) -> None:
+        if not self.enabled:
+            return
         try:
             persistence.save(self.path, record)
         except StateFileError as e:
@@ -67,6 +70,14 @@ class Store:
                 log.error("state record cannot be saved; continuing without persistence",
                           extra=fields(reason=str(e)))
             self.failed = e
+
+
+def _how_started(record: Record) -> str:
+    """KVP's message for the first state of a run: "start", "retry_after_failure", or "resume"."""
+    last = record.history[-1] if record.history else {}
+    if last.get("state") == record.state.value and last.get("event") in ("start", "retry_after_failure"):
+        return str(last["event"])
+    return "resume"
 
 
 # ---- the loop ----------------------------------------------------------------------------------------------
@@ -82,19 +93,40 @@ class Runner:
         self.agent = Agent()
         self._event = "start"
         self._phase_started: dict[Phase, float] = {}
+        self._source = Phase.NETWORK_WAIT  # the state the last trigger left
+        self._entered_at = 0.0  # monotonic time the current state was entered (for KVP durations)
+        self._left_told = False  # the failure path already told KVP that the state was left
 
     def _on_change(self) -> None:
         self.record = with_transition(self.record, self.agent.state, self._event, utc_now())
         self.store.save(self.record)
         log.info("state changed", extra=fields(state=self.agent.state.value, event=self._event))
+        self._tell_host()
+
+    def _tell_host(self) -> None:
+        """KVP: the state just left and the one entered, one event each (the host's view of the run)."""
+        events = self.ctx.events()
+        events.vm_id = self.record.vm_id
+        now = self.ctx.clock()
+        if not self._left_told:
+            events.left(self._source.value, "success", now - self._entered_at, self._event)
+        failed = self.agent.state is Phase.FAILED
+        events.entered(self.agent.state.value,
+                       str((self.record.last_error or {}).get("reason", "")) if failed else self._event)
+        self._entered_at, self._left_told = now, False
 
     def _fire(self, event: str) -> None:
         self._event = event
+        self._source = self.agent.state
         self.agent.trigger(event)
 
     def drive(self, record: Record) -> Record:
         self.record = record
         build_machine(self.agent, record.state, on_change=self._on_change)
+        self._entered_at = self.ctx.clock()
+        if record.state not in TERMINAL:
+            self.ctx.events().vm_id = record.vm_id
+            self.ctx.events().entered(record.state.value, _how_started(record))
         try:
             while self.agent.state not in TERMINAL:
                 self._turn(self.agent.state)
@@ -104,6 +136,8 @@ class Runner:
                 "data": {"signal": t.signum}, "state": self.agent.state.value, "at": utc_now()})
             self.store.save(self.record)
             log.warning("terminated; the next run resumes here", extra=fields(state=self.agent.state.value))
+            self.ctx.events().left(self.agent.state.value, "terminated", self.ctx.clock() - self._entered_at,
+                                   f"signal {t.signum}")
             raise
         return self.record
 
@@ -152,19 +186,32 @@ class Runner:
 
     def _fail(self, phase: Phase, e: AgentError) -> None:
         log.error("provisioning failed", extra=fields(state=phase.value, reason=str(e)))
-        self.record = dataclasses.replace(self.record, last_error=error_entry(e, phase))
+        entry = error_entry(e, phase)
+        self.record = dataclasses.replace(self.record, last_error=entry)
+        # KVP before any POST: the host harvests the pool when the report arrives. Written even when
+        # the fabric is unreachable (NETWORK_WAIT): KVP needs no network.
+        events = self.ctx.events()
+        events.vm_id = self.record.vm_id
+        # The reason only: the report right after carries the supporting data.
+        events.left(phase.value, "error", self.ctx.clock() - self._entered_at, e.reason)
+        self._left_told = True
+        events.report(failure_report(e.reason, e.supporting_data, self.record.vm_id, entry["at"]))
         if phase is not Phase.NETWORK_WAIT and self._report(e):  # unreachable fabric: nobody to tell
             self.record = dataclasses.replace(self.record, failure_reported_at=utc_now())
         self._fire("fail")
 
     def _report(self, e: AgentError) -> bool:
+        """Keep trying to tell the platform for the report's own budget (the WireServer may be between two
+        503s): the sooner it knows, the sooner the deployment fails instead of timing out."""
         ctx = self.ctx
-        ctx.deadline = ctx.clock() + FAILURE_REPORT_BUDGET
-        for attempt in range(1, FAILURE_REPORT_TRIES + 1):
+        ctx.deadline = ctx.clock() + min(FAILURE_REPORT_BUDGET, ctx.config.fabric.wireserver_timeout)
+        attempt = 0
+        while True:
+            attempt += 1
             if self.report_failure(ctx, self.record, e):
                 return True
             delay = retry.WIRESERVER.delay(attempt)
-            if attempt == FAILURE_REPORT_TRIES or ctx.clock() + delay >= ctx.deadline:
-                break
+            if ctx.clock() + delay >= ctx.deadline:
+                log.warning("giving up reporting the failure", extra=fields(attempts=attempt))
+                return False
             ctx.sleep(delay)
-        return False

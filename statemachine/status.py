@@ -6,6 +6,7 @@ recoverable errors. The record is replaced atomically by the run, so reading it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -73,24 +74,33 @@ def render(record: Record | None, state_dir: Path) -> str:
     ]
     for entry in record.history:
         took = f"{entry['duration_s']:.3f}s" if isinstance(entry.get("duration_s"), (int, float)) else "…"
-        lines.append(f"  {entry.get('at', '?'):<26}{entry.get('state', '?'):<14}{took:>10}  "
-                     f"({entry.get('event', '')})")
+        lines.append(f"  {_s(entry.get('at', '?')):<26}{_s(entry.get('state', '?')):<14}{took:>10}  "
+                     f"({_s(entry.get('event', ''))})")
     if record.steps:
         lines.append("configure steps:")
-        for name, step in record.steps.items():
-            detail = step.get("result") or (step.get("error") or {}).get("reason", "")
-            lines.append(f"  {name:<12}{step.get('status', '?'):<20}{step.get('at', '')}  {detail}")
+        # In the order they ran (the record's JSON keeps keys sorted).
+        for name, step in sorted(record.steps.items(), key=lambda item: str(item[1].get("at", ""))):
+            error = step.get("error")
+            detail = step.get("result") or (error.get("reason", "") if isinstance(error, dict) else "")
+            took = f"{step['duration_s']:.3f}s" if isinstance(step.get("duration_s"), (int, float)) else "…"
+            lines.append(f"  {name:<12}{_s(step.get('status', '?')):<20}{_s(step.get('at', '')):<26}{took:>10}  "
+                         f"{_s(detail)}")
     for err in record.recoverable_errors:
         lines.append(_line("recoverable error", f"{err.get('step', '?')}: {_reason(err)}"))
     lines.append(_line("last error", _reason(record.last_error) if record.last_error else None))
     return "\n".join(lines)
 
 
+def _s(value: Any) -> str:
+    """Text for a value read from the record: never trust it to be a string (format specs would raise)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _reason(err: dict[str, Any]) -> str:
-    data = err.get("data") or {}
-    details = ", ".join(f"{k}={v}" for k, v in sorted(data.items()))
-    where = f" [in {err['state']} at {err.get('at', '?')}]" if err.get("state") else ""
-    return f"{err.get('reason', '?')}" + (f" ({details})" if details else "") + where
+    data = err.get("data")
+    details = ", ".join(f"{k}={v}" for k, v in sorted(data.items())) if isinstance(data, dict) else ""
+    where = f" [in {_s(err['state'])} at {_s(err.get('at', '?'))}]" if err.get("state") else ""
+    return _s(err.get("reason", "?")) + (f" ({details})" if details else "") + where
 
 
 def show(state_file: Path, as_json_output: bool) -> tuple[str, int]:
@@ -108,3 +118,17 @@ def is_settled(state_file: Path) -> bool:
         return False
     return record is not None and record.state in (Phase.DONE, Phase.FAILED) and not _running(state_file.parent)
 
+
+def with_kvp(text: str, pool: Path, as_json_output: bool) -> str:
+    """`--status --kvp`: the record's view followed by the Hyper-V KVP pool, decoded (split values rejoined)."""
+    from statemachine import kvp
+
+    if not as_json_output:
+        return text + "\nkvp pool:\n" + kvp.format_pool(pool)
+    data = json.loads(text)
+    try:
+        records = kvp.decode_pool(pool.read_bytes())
+        data["kvp"] = {"path": str(pool), "records": [dataclasses.asdict(r) for r in records]}
+    except OSError as e:
+        data["kvp"] = {"path": str(pool), "error": e.strerror or str(e)}
+    return json.dumps(data, sort_keys=True, indent=2)

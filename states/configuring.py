@@ -2,35 +2,93 @@
 
 Each turn runs the next step not yet finished and returns its status as progress (no event), so the
 runner persists it before the next step starts: a crash after "user" resumes at "ssh_keys". When every
-step is finished the phase ends with `configured`. The IMDS document is fetched once per run and kept
-in memory only (it can carry secrets such as customData; the record never holds it).
+step is finished the phase ends with `configured`. The IMDS document (and, with `[media] enabled`, the
+provisioning media's ovf-env.xml) is read once per run and kept in memory only: the media can carry a
+password, which the record never holds. The media's CustomData is saved to `<state_dir>/custom_data`
+(0600, never executed); an unusable media is a recoverable error, since IMDS carries the same facts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 from statemachine.context import Context, Outcome
-from statemachine.errors import RecoverableError
+from statemachine.errors import AgentError, ConfigureError, MediaError, RecoverableError
+from statemachine.failpoints import failpoint
+from statemachine.fsutil import atomic_write
 from statemachine.log import fields
 from statemachine.persistence import Record
 from statemachine.timeutil import utc_now
+from states import media
 from states.configure import Facts, registry
 from states.imds import parse_instance
+from states.media import OvfEnv
 
 log = logging.getLogger(__name__)
 
 FINISHED = ("done", "unchanged", "recoverable_error")
+CUSTOM_DATA = "custom_data"
 
 
 def facts(ctx: Context) -> Facts:
     cached = getattr(ctx, "_facts", None)
     if isinstance(cached, Facts):
         return cached
-    result = Facts(instance=parse_instance(ctx.metadata().get_instance()))
+    instance = parse_instance(ctx.metadata().get_instance())
+    env, problem = read_media(ctx)
+    result = Facts(instance=instance, media=env)
     ctx._facts = result  # type: ignore[attr-defined]
+    ctx._media_problem = problem  # type: ignore[attr-defined]
     return result
+
+
+def read_media(ctx: Context) -> tuple[OvfEnv | None, MediaError | None]:
+    """The provisioning media's settings when `[media] enabled`; a broken media is not fatal: IMDS has
+    the same facts on every current VM, so it is recorded as a recoverable error and ignored."""
+    cfg = ctx.config.media
+    if not cfg.enabled:
+        return None, None
+    try:
+        raw = media.read_ovf_env(cfg.device, cfg.path)
+        if raw is None:
+            log.info("no provisioning media", extra=fields(device=cfg.device))
+            return None, None
+        env = media.parse_ovf_env(raw)
+    except MediaError as e:
+        log.warning("provisioning media unusable; ignoring it", extra=fields(reason=str(e)))
+        return None, e
+    for note in env.notes:
+        log.warning("provisioning media: " + note)
+    return env, None
+
+
+def save_custom_data(ctx: Context, env: OvfEnv | None) -> bool:
+    """CustomData goes to <state_dir>/custom_data, 0600, as given (never executed, never logged)."""
+    if env is None or env.custom_data is None:
+        return False
+    path = ctx.config.state_dir / CUSTOM_DATA
+    try:
+        if path.exists() and not path.is_symlink() and path.read_bytes() == env.custom_data:
+            return False
+        atomic_write(path, env.custom_data, mode=0o600)
+    except OSError as e:
+        raise ConfigureError("CustomData cannot be saved", path=str(path), error=e.strerror) from e
+    log.info("CustomData saved", extra=fields(path=str(path), size=len(env.custom_data)))
+    return True
+
+
+def _media_updates(ctx: Context, record: Record, found: Facts) -> dict[str, Any]:
+    """Once per run: save CustomData, and record a broken media once (not on every resumed run)."""
+    if getattr(ctx, "_media_done", False):
+        return {}
+    ctx._media_done = True  # type: ignore[attr-defined]
+    save_custom_data(ctx, found.media)
+    problem = getattr(ctx, "_media_problem", None)
+    if problem is None or any(e.get("step") == "media" for e in record.recoverable_errors):
+        return {}
+    return {"recoverable_errors": (*record.recoverable_errors, {"step": "media", **problem.as_dict()})}
 
 
 def identity_updates(record: Record, found: Facts) -> dict[str, Any]:
@@ -43,21 +101,28 @@ def identity_updates(record: Record, found: Facts) -> dict[str, Any]:
 def step(ctx: Context, record: Record) -> Outcome:
     found = facts(ctx)
     updates = identity_updates(record, found)
+    updates.update(_media_updates(ctx, record, found))
+    record = dataclasses.replace(record, **updates)
     steps = registry()
     for name in ctx.config.configure.steps:
         if record.steps.get(name, {}).get("status") in FINISHED:
             continue
         started = ctx.clock()
         entry: dict[str, Any] = {"at": utc_now()}
+        failpoint(f"configure.{name}.before")
         try:
             change = steps[name].apply(ctx, found)
         except RecoverableError as e:
             log.warning("configure step could not finish", extra=fields(step=name, reason=str(e)))
             entry.update(status="recoverable_error", error=e.as_dict())
             updates["recoverable_errors"] = (*record.recoverable_errors, {"step": name, **e.as_dict()})
+        except AgentError as e:
+            e.supporting_data.setdefault("step", name)  # so last_error and --status name the step
+            raise
         else:
             entry.update(status="done" if change else "unchanged",
                          result=change.describe() if change else "already as required")
+        failpoint(f"configure.{name}.after")
         entry["duration_s"] = round(ctx.clock() - started, 3)
         updates["steps"] = {**record.steps, name: entry}
         return Outcome(None, updates)

@@ -43,7 +43,15 @@ def parse_goal_state(body: bytes) -> GoalState:
 
 
 def fetch(ctx: Context) -> GoalState:
-    return parse_goal_state(ctx.wire().get_goal_state())
+    body = ctx.wire().get_goal_state()
+    try:
+        return parse_goal_state(body)
+    except GoalStateError as e:
+        # An answer we cannot read (truncated, an intermediary's HTML error page, worse) says nothing
+        # lasting about the WireServer: ask again until the phase's budget decides, as for a 5xx. Failing
+        # at once would lose the VM to one glitch.
+        e.retryable = True
+        raise
 
 
 def step(ctx: Context, record: Record) -> Outcome:

@@ -81,7 +81,9 @@ def parse_instance(body: bytes) -> Instance:
     try:
         doc = json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise MetadataError("instance metadata is not valid JSON", error=str(e)[:200]) from e
+        error = MetadataError("instance metadata is not valid JSON", error=str(e)[:200])
+        error.retryable = True  # truncated or an error page: IMDS may answer properly next time
+        raise error from e
     if not isinstance(doc, dict):
         raise MetadataError("instance metadata is not a JSON object", got=type(doc).__name__)
     compute = _obj(doc, "compute", "")

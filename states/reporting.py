@@ -4,6 +4,9 @@ Always fetches a fresh goal state right before the POST (a stale incarnation ear
 fetches again and re-posts at once. Ready counts as reported only after the WireServer's 200: a marker
 written earlier would let a crash in between leave a VM that never reports Ready.
 The health XML is built with lxml from a pure function; `parse_health` exists for tests and the fake fabric.
+With `fabric.health_protocol = "provisioning"` the report goes as JSON to `/provisioning/health` instead
+(`states.reporting_json`); it names no goal state, so none is fetched. Either way the PROVISIONING_REPORT
+KVP record is written before the POST: the host harvests KVP when the report arrives.
 """
 
 from __future__ import annotations
@@ -13,21 +16,20 @@ import logging
 
 from lxml import etree
 
-from statemachine import AGENT_NAME, __version__
 from statemachine.context import Context, Outcome
 from statemachine.errors import AgentError, FabricError, GoalStateError, GoneError
 from statemachine.failpoints import failpoint
 from statemachine.log import fields
 from statemachine.persistence import Record
+from statemachine.report import MAX_DESCRIPTION as MAX_DESCRIPTION  # re-exported: callers import it from here
+from statemachine.report import failure_report, success_report
 from statemachine.timeutil import utc_now
-from states import goalstate, xmlutil
+from states import goalstate, reporting_json, xmlutil
 from states.goalstate import GoalState
 
 log = logging.getLogger(__name__)
 
 MAX_GONE = 5  # refetch-and-repost rounds after 410 before handing the problem to the retry policy
-MAX_DESCRIPTION = 512
-DOCUMENTATION_URL = "https://aka.ms/linuxprovisioningerror"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,26 +89,19 @@ def parse_health(body: bytes) -> HealthReport:
     )
 
 
-def _clean(value: object) -> str:
-    # The description is a |-separated list of key=value pairs: keep values from breaking it apart.
-    return " ".join(str(value).replace("|", "/").split())
-
-
 def failure_description(error: AgentError, vm_id: str | None, timestamp: str) -> str:
-    """cloud-init's pipe-delimited report, cut to 512 characters by shortening the reason, never the ids."""
-    data = ", ".join(f"{k}={_clean(v)}" for k, v in sorted(error.supporting_data.items()))
-    reason = _clean(error.reason + (f" ({data})" if data else ""))
-    head = "result=error|reason="
-    tail = (f"|agent={AGENT_NAME}/{__version__}|vm_id={_clean(vm_id or 'unknown')}|timestamp={timestamp}"
-            f"|documentation_url={DOCUMENTATION_URL}")
-    room = MAX_DESCRIPTION - len(head) - len(tail)
-    if len(reason) > room:
-        reason = reason[: max(room - 3, 0)] + "..."
-    return head + reason + tail
+    """The pipe-delimited report (statemachine.report), at most 512 characters: the same text as the KVP
+    PROVISIONING_REPORT record the runner wrote for this failure."""
+    return failure_report(error.reason, error.supporting_data, vm_id, timestamp)
 
 
-def post(ctx: Context, state: str, substatus: str | None = None, description: str | None = None) -> GoalState:
-    """Fresh goal state, then POST; on 410 do both again. Returns the goal state the 200 was for."""
+def post(ctx: Context, state: str, substatus: str | None = None,
+         description: str | None = None) -> GoalState | None:
+    """Fresh goal state, then POST; on 410 do both again. Returns the goal state the 200 was for (None for
+    the JSON protocol, which names none)."""
+    if ctx.config.fabric.health_protocol == "provisioning":  # errors go to the runner's retry policy
+        ctx.wire().post_provisioning_health(reporting_json.render_provisioning_health(state, substatus, description))
+        return None
     for _ in range(MAX_GONE):
         gs = goalstate.fetch(ctx)
         report = HealthReport(gs.incarnation, gs.container_id, gs.instance_id, state, substatus, description)
@@ -120,15 +115,18 @@ def post(ctx: Context, state: str, substatus: str | None = None, description: st
 
 
 def step(ctx: Context, record: Record) -> Outcome:
+    ctx.events().vm_id = record.vm_id
+    ctx.events().report(success_report(record.vm_id, utc_now()))  # before the POST, once per run
     gs = post(ctx, "Ready")
     failpoint("reporting.after_post")  # the one crash window that may cause a duplicate Ready
-    log.info("reported Ready", extra=fields(incarnation=gs.incarnation))
-    return Outcome("reported", {**dataclasses.asdict(gs), "reported_ready_at": utc_now()})
+    log.info("reported Ready", extra=fields(incarnation=gs.incarnation if gs else None))
+    return Outcome("reported", {**(dataclasses.asdict(gs) if gs else {}), "reported_ready_at": utc_now()})
 
 
 def report_failure(ctx: Context, record: Record, error: AgentError) -> bool:
     """Post NotReady/ProvisioningFailed so the platform fails fast. True when the fabric took it."""
-    description = failure_description(error, record.vm_id, utc_now())
+    # The runner stamped last_error when it wrote the KVP report: the same stamp gives the same text.
+    description = failure_description(error, record.vm_id, str((record.last_error or {}).get("at") or utc_now()))
     try:
         post(ctx, "NotReady", "ProvisioningFailed", description)
     except AgentError as e:

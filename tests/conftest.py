@@ -13,7 +13,11 @@ from typing import Any, Callable
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO.parent / "shared" / "fixtures" / "azure"
+# `<clone>/../shared` in CI; worktrees under /work/wt/<name> find it one level further up;
+# AZPROV_FIXTURES points anywhere else.
+FIXTURES = Path(os.environ.get("AZPROV_FIXTURES") or next(
+    (p for p in (REPO.parent / "shared" / "fixtures" / "azure", REPO.parent.parent / "shared" / "fixtures" / "azure")
+     if p.is_dir()), REPO.parent / "shared" / "fixtures" / "azure"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from fakefabric import FakeFabric  # noqa: E402

@@ -62,8 +62,8 @@ def route_of(method: str, path: str) -> str:
         return "goalstate"
     if method == "POST" and parts.path in ("/machine", "/machine/") and "comp=health" in parts.query:
         return "health"
-    if method == "GET" and parts.path == "/metadata/instance":
-        return "imds"
+    if method == "GET" and (parts.path == "/metadata/instance" or parts.path.startswith("/metadata/instance/")):
+        return "imds"  # sub-paths (compute/name?format=text) serve the seed document's curl and WALinuxAgent
     if method == "POST" and parts.path == "/provisioning/health":
         return "provisioning_health"
     return "unknown"
@@ -89,6 +89,19 @@ def _health_fields(body: str) -> dict[str, str | None]:
         "substatus": text("Container/RoleInstanceList/Role/Health/Details/SubStatus"),
         "description": text("Container/RoleInstanceList/Role/Health/Details/Description"),
     }
+
+
+def imds_answer(document: dict[str, Any], path: str) -> tuple[int, bytes, str]:
+    """IMDS for /metadata/instance and its sub-paths: a JSON subtree, or a leaf as text with format=text."""
+    parts = urlsplit(path)
+    node: Any = document
+    for key in [k for k in parts.path[len("/metadata/instance"):].split("/") if k]:
+        if not isinstance(node, dict) or key not in node:
+            return 404, b'{"error": "Not found"}', "application/json"
+        node = node[key]
+    if "format=text" in parts.query and not isinstance(node, (dict, list)):
+        return 200, str(node).encode(), "text/plain; charset=utf-8"
+    return 200, json.dumps(node).encode(), "application/json"
 
 
 class FakeFabric:
@@ -310,9 +323,10 @@ class _Handler(BaseHTTPRequestHandler):
             entry["description"] = found.get("description")
             return status, b"", "text/plain"
         if route == "imds":
-            if self.headers.get("Metadata") != "true" or self.headers.get("X-Forwarded-For"):
+            # Case-insensitive: WALinuxAgent sends "Metadata: True" and the real IMDS accepts it.
+            if (self.headers.get("Metadata") or "").lower() != "true" or self.headers.get("X-Forwarded-For"):
                 return 400, b'{"error": "Bad request. Required metadata header not specified"}', "application/json"
-            return 200, json.dumps(fake.imds()).encode(), "application/json"
+            return imds_answer(fake.imds(), self.path)
         return 404, b"not found", "text/plain"
 
     def _drop(self, rst: bool) -> None:

@@ -3,11 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from statemachine.errors import GoalStateError, IncompleteGoalStateError
 from states.goalstate import GoalState, parse_goal_state
-
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "azure"
 
 EXPECTED = {
     "wala_goal_state.xml": GoalState("1", "c6d5526c-5ac2-4200-b6e2-56f2b70c5ab2",

@@ -3,14 +3,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine.errors import MetadataError
 from statemachine.identity import normalize, read_vm_id
 from states.imds import parse_instance
-
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "azure"
 
 
 def test_gen1_uuid_is_byte_swapped_and_lower_cased() -> None:

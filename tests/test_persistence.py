@@ -17,16 +17,22 @@ text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 opt_text = st.none() | text
 json_scalar = st.none() | st.booleans() | st.integers(-10**6, 10**6) | text
 
+free_key = text.filter(lambda k: k not in persistence.ENTRY_TYPES)
+entry = st.dictionaries(free_key, json_scalar, max_size=3).flatmap(
+    lambda extra: st.fixed_dictionaries({}, optional={"state": text, "at": text, "event": text,
+                                                      "duration_s": st.floats(0, 1e6), "reason": text,
+                                                      "step": text, "status": text, "result": text}
+                                        ).map(lambda known: {**extra, **known}))
 records = st.builds(
     Record,
     state=st.sampled_from(list(Phase)),
     vm_id=opt_text, vm_id_source=opt_text, incarnation=opt_text, container_id=opt_text, instance_id=opt_text,
     boot_attempts=st.integers(0, 100), attempts=st.integers(0, 10**6),
     reported_ready_at=opt_text, failure_reported_at=opt_text,
-    history=st.lists(st.dictionaries(text, json_scalar, max_size=4), max_size=5).map(tuple),
-    last_error=st.none() | st.dictionaries(text, json_scalar, max_size=4),
-    recoverable_errors=st.lists(st.dictionaries(text, json_scalar, max_size=3), max_size=3).map(tuple),
-    steps=st.dictionaries(text, st.dictionaries(text, json_scalar, max_size=3), max_size=3),
+    history=st.lists(entry, max_size=5).map(tuple),
+    last_error=st.none() | entry,
+    recoverable_errors=st.lists(entry, max_size=3).map(tuple),
+    steps=st.dictionaries(text, entry, max_size=3),
 )
 
 

@@ -9,10 +9,13 @@ repaired by running it again). A step that cannot do all of its work but leaves 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from statemachine.context import Context
 from states.imds import Instance
+
+if TYPE_CHECKING:  # states.media imports lxml; the facts only carry its result
+    from states.media import OvfEnv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +23,7 @@ class Facts:
     """What the platform told us about this VM."""
 
     instance: Instance
-    media: Any = None  # the provisioning media's ovf-env, where enabled and present
+    media: OvfEnv | None = None  # the provisioning media's ovf-env.xml, where enabled and present
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,6 @@ class ConfigureStep(Protocol):
 
 
 def registry() -> dict[str, ConfigureStep]:
-    from states.configure import hostname
+    from states.configure import hostname, ssh_keys, user
 
-    return {"hostname": hostname}
+    return {"hostname": hostname, "user": user, "ssh_keys": ssh_keys}

@@ -1,0 +1,259 @@
+"""Hyper-V KVP telemetry: the record format of the guest pool file and a writer that appends to it.
+
+What the host sees of a VM that cannot be logged into comes through KVP: `hv_kvp_daemon` serves the records
+of `/var/lib/hyperv/.kvp_pool_1` to the host on request. This module owns
+
+- the record format (pure): 2560-byte records, a 512-byte key field and a 2048-byte value field, UTF-8,
+  NUL-padded. The kernel converts to UTF-16 on the way out and stops at 255/1023 code units including the
+  terminator (azure-init `doc/kvp.md`), so a key is at most 254 bytes and a value at most 1022 bytes.
+  A longer value is split on UTF-8 character boundaries (each part stays valid UTF-8: the kernel rejects
+  a record whose UTF-8 is broken) into parts 1..n, each written under the key `<key>|<i>/<n>`, in order,
+  in one locked append. Unique keys per part keep every part visible to the host, which sees the pool as a
+  dictionary (cloud-init suffixes `|<i>` for the same reason). `decode_pool` rejoins a complete run of
+  parts into one `KvpRecord`; an incomplete run is shown part by part.
+- `KvpPool`: appends under `flock(LOCK_EX)` (the lock cloud-init and azure-init take), truncates the pool
+  once per boot when its mtime predates the boot (records of an earlier boot would mislead), and skips
+  quietly when the pool's directory is absent (no Hyper-V KVP daemon: not Azure, or a container).
+
+KVP is best-effort telemetry: the writer never raises and never blocks provisioning for long.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Callable
+
+from statemachine.errors import KvpError
+from statemachine.log import fields
+
+log = logging.getLogger(__name__)
+
+KEY_SIZE = 512  # HV_KVP_EXCHANGE_MAX_KEY_SIZE: width of the key field in the pool file
+VALUE_SIZE = 2048  # HV_KVP_EXCHANGE_MAX_VALUE_SIZE
+RECORD_SIZE = KEY_SIZE + VALUE_SIZE
+MAX_KEY_BYTES = 254  # what survives the kernel's UTF-8 -> UTF-16 conversion untruncated
+MAX_VALUE_BYTES = 1022
+DEFAULT_POOL = "/var/lib/hyperv/.kvp_pool_1"
+LOCK_WAIT = 5.0  # seconds; a stuck lock holder must not stall provisioning
+
+_PART = re.compile(r"^(?P<base>.*)\|(?P<i>[1-9][0-9]*)/(?P<n>[1-9][0-9]*)$", re.DOTALL)
+
+
+@dataclasses.dataclass(frozen=True)
+class KvpRecord:
+    key: str
+    value: str
+    parts: int = 1  # how many pool records carried the value
+
+
+# ---- pure encoding -----------------------------------------------------------------------------------------
+
+def split_utf8(value: str, limit: int = MAX_VALUE_BYTES) -> list[bytes]:
+    """UTF-8 chunks of at most `limit` bytes, never cutting a character apart. "" gives [b""]."""
+    chunks: list[bytes] = []
+    current = bytearray()
+    for ch in value:
+        encoded = ch.encode("utf-8")
+        if len(current) + len(encoded) > limit:
+            chunks.append(bytes(current))
+            current = bytearray()
+        current += encoded
+    chunks.append(bytes(current))
+    return chunks
+
+
+def _check_key(key: str) -> bytes:
+    raw = key.encode("utf-8", "strict") if "\x00" not in key else b""
+    if not raw:
+        raise KvpError("KVP key is empty or contains NUL", key=key[:64])
+    if len(raw) > MAX_KEY_BYTES:
+        raise KvpError("KVP key is longer than 254 bytes", key=key[:64], size=len(raw))
+    return raw
+
+
+def pack(key: bytes, value: bytes) -> bytes:
+    """One 2560-byte record: both fields NUL-padded to their width."""
+    return key.ljust(KEY_SIZE, b"\0") + value.ljust(VALUE_SIZE, b"\0")
+
+
+def encode(key: str, value: str) -> list[bytes]:
+    """The pool records for one key/value: one record, or parts `<key>|<i>/<n>` when the value is long.
+
+    Raises KvpError for a key that is empty, has NUL, is too long (with room for the part suffix when
+    split) or looks like a part key itself (decode could not tell them apart), and for a value with NUL.
+    """
+    raw_key = _check_key(key)
+    if _PART.match(key):
+        raise KvpError("KVP key must not end like a part suffix '|i/n'", key=key[:64])
+    if "\x00" in value:
+        raise KvpError("KVP value contains NUL", key=key[:64])
+    try:
+        chunks = split_utf8(value)
+    except UnicodeEncodeError as e:  # lone surrogates
+        raise KvpError("KVP value is not encodable as UTF-8", key=key[:64]) from e
+    if len(chunks) == 1:
+        return [pack(raw_key, chunks[0])]
+    n = len(chunks)
+    return [pack(_check_key(f"{key}|{i}/{n}"), chunk) for i, chunk in enumerate(chunks, start=1)]
+
+
+def _field(raw: bytes) -> str:
+    # Other writers share the pool: tolerate anything, never fail on their bytes.
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def decode_raw(data: bytes) -> list[tuple[str, str]]:
+    """Every whole record in pool bytes as (key, value); a trailing partial record is ignored."""
+    count = len(data) // RECORD_SIZE
+    out = []
+    for i in range(count):
+        record = data[i * RECORD_SIZE:(i + 1) * RECORD_SIZE]
+        out.append((_field(record[:KEY_SIZE]), _field(record[KEY_SIZE:])))
+    return out
+
+
+def _run_of_parts(raw: Sequence[tuple[str, str]], start: int) -> KvpRecord | None:
+    """A complete run `base|1/n` .. `base|n/n` beginning at `start`, joined; None when incomplete."""
+    first = _PART.match(raw[start][0])
+    if first is None or first.group("i") != "1":
+        return None
+    base, n = first.group("base"), int(first.group("n"))
+    if start + n > len(raw):
+        return None
+    values = []
+    for i in range(1, n + 1):
+        key, value = raw[start + i - 1]
+        if key != f"{base}|{i}/{n}":
+            return None
+        values.append(value)
+    return KvpRecord(base, "".join(values), parts=n)
+
+
+def decode_pool(data: bytes) -> list[KvpRecord]:
+    """Pool bytes → records, split values rejoined (see the module docstring)."""
+    raw = decode_raw(data)
+    out: list[KvpRecord] = []
+    i = 0
+    while i < len(raw):
+        joined = _run_of_parts(raw, i)
+        if joined is not None:
+            out.append(joined)
+            i += joined.parts
+        else:
+            out.append(KvpRecord(*raw[i]))
+            i += 1
+    return out
+
+
+# ---- the pool file -----------------------------------------------------------------------------------------
+
+def boot_time(proc_stat: Path = Path("/proc/stat")) -> float | None:
+    """Wall-clock time of this boot (`btime` in /proc/stat), or None when it cannot be read."""
+    try:
+        for line in proc_stat.read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class KvpPool:
+    """Appends records to one pool file. Never raises: KVP must not be why provisioning fails."""
+
+    def __init__(self, path: Path, boot: Callable[[], float | None] = boot_time,
+                 lock_wait: float = LOCK_WAIT, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.path = path
+        self.boot = boot
+        self.lock_wait = lock_wait
+        self.sleep = sleep
+        self._said_absent = False
+        self._said_failed = False
+
+    def write(self, items: Iterable[tuple[str, str]]) -> bool:
+        """Append the items (each possibly split) in one locked write. True when they reached the file."""
+        try:
+            records = [r for key, value in items for r in encode(key, value)]
+        except KvpError as e:
+            log.warning("KVP record not written", extra=fields(reason=str(e)))
+            return False
+        if not self.path.parent.is_dir():
+            if not self._said_absent:  # once: on a non-Hyper-V machine this is normal, not news
+                log.debug("KVP pool directory absent (no Hyper-V KVP daemon); not writing KVP",
+                          extra=fields(path=str(self.path.parent)))
+                self._said_absent = True
+            return False
+        try:
+            self._append(b"".join(records))
+        except (OSError, KvpError) as e:
+            if not self._said_failed:
+                log.warning("KVP pool not writable; telemetry lost", extra=fields(
+                    path=str(self.path), error=getattr(e, "strerror", None) or str(e)))
+                self._said_failed = True
+            return False
+        return True
+
+    def _append(self, data: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self._lock(fd)
+            self._truncate_if_stale(fd)
+            view = memoryview(data)
+            while view:  # one write is normally enough; loop for the short-write case
+                view = view[os.write(fd, view):]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)  # also drops the lock
+
+    def _lock(self, fd: int) -> None:
+        waited = 0.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+            if waited >= self.lock_wait:
+                raise KvpError("KVP pool stayed locked by another writer", waited_s=round(waited, 3))
+            self.sleep(0.05)
+            waited += 0.05
+
+    def _truncate_if_stale(self, fd: int) -> None:
+        """Under the lock: records older than this boot belong to another life of the disk."""
+        booted = self.boot()
+        st = os.fstat(fd)
+        if booted is not None and st.st_size and st.st_mtime < booted:
+            os.ftruncate(fd, 0)
+            log.debug("KVP pool predates this boot; truncated", extra=fields(path=str(self.path)))
+
+    def read(self) -> list[KvpRecord]:
+        with open(self.path, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            return decode_pool(f.read())
+
+
+def format_pool(path: Path) -> str:
+    """`azprov --status --kvp`: the pool decoded for a person, one entry per key (split values rejoined)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return f"{path}: no KVP pool (no Hyper-V KVP daemon, or nothing written yet)"
+    except OSError as e:
+        return f"{path}: cannot read the KVP pool: {e.strerror}"
+    records = decode_pool(data)
+    lines = [f"{path}: {len(data) // RECORD_SIZE} records, {len(records)} entries"
+             + (f", {len(data) % RECORD_SIZE} trailing bytes ignored" if len(data) % RECORD_SIZE else "")]
+    for n, rec in enumerate(records, start=1):
+        parts = f" ({rec.parts} parts)" if rec.parts > 1 else ""
+        lines.append(f"{n:>4}  {rec.key}{parts}")
+        lines.append(f"      {rec.value}")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""What azprov tells the Hyper-V host through KVP: an event per state entered and left, and the report.
+
+Records (the pool format is `statemachine.kvp`'s):
+
+    key   azprov|<vm_id>|<enter|leave>|<state>|<run>.<seq>
+    value name=<state>|event=<enter|leave>|result=<success|error|retry|->|duration_s=<s>|msg=<text>
+          |timestamp=<utc>
+    key   PROVISIONING_REPORT
+    value the report line of `statemachine.report` (the same text as the failure Description)
+
+`<run>` is random per process and `<seq>` counts the run's events, so keys never collide within a boot (the
+host sees the pool as a dictionary) and sort in the order they were written. Values use the report's
+escaping. A disabled or absent pool makes every call a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Callable
+
+from statemachine.kvp import KvpPool
+from statemachine.log import fields
+from statemachine.report import encode_fields, report_fields
+from statemachine.timeutil import utc_now
+
+log = logging.getLogger(__name__)
+
+REPORT_KEY = "PROVISIONING_REPORT"
+PREFIX = "azprov"
+_NAME_BAD = re.compile(r"[^a-z0-9_.-]")
+
+
+def event_key(vm_id: str | None, kind: str, name: str, run_id: str, seq: int) -> str:
+    safe = _NAME_BAD.sub("_", name.lower())[:64] or "_"
+    vm = _NAME_BAD.sub("_", (vm_id or "unknown").lower())[:64]
+    return f"{PREFIX}|{vm}|{kind}|{safe}|{run_id}.{seq:03d}"
+
+
+def event_value(name: str, kind: str, result: str, duration_s: float | None, msg: str, timestamp: str) -> str:
+    duration = "" if duration_s is None else f"{duration_s:.3f}"
+    return encode_fields([("name", name), ("event", kind), ("result", result), ("duration_s", duration),
+                          ("msg", msg.replace("\x00", "")), ("timestamp", timestamp)])
+
+
+class Telemetry:
+    """The runner's and the reporting step's one handle on KVP."""
+
+    def __init__(self, pool: KvpPool | None, run_id: str | None = None,
+                 clock: Callable[[], str] = utc_now) -> None:
+        self.pool = pool
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.clock = clock
+        self.vm_id: str | None = None
+        self.seq = 0
+        self._reported: set[str] = set()
+
+    def _event(self, kind: str, name: str, result: str, duration_s: float | None, msg: str) -> None:
+        if self.pool is None:
+            return
+        self.seq += 1
+        key = event_key(self.vm_id, kind, name, self.run_id, self.seq)
+        self.pool.write([(key, event_value(name, kind, result, duration_s, msg, self.clock()))])
+
+    def entered(self, state: str, msg: str = "") -> None:
+        self._event("enter", state, "-", None, msg)
+
+    def left(self, state: str, result: str, duration_s: float, msg: str = "") -> None:
+        self._event("leave", state, result, duration_s, msg)
+
+    def report(self, text: str) -> bool:
+        """Write PROVISIONING_REPORT, once per result per run (the failure path retries its POST; the
+        record need not repeat). True when it is in the pool."""
+        result = report_fields(text).get("result", "")
+        if self.pool is None or result in self._reported:
+            return False
+        if self.pool.write([(REPORT_KEY, text)]):
+            self._reported.add(result)
+            log.debug("provisioning report written to KVP", extra=fields(result=result))
+            return True
+        return False

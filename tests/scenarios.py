@@ -1,0 +1,327 @@
+"""The reliability matrix as data: crash points, SIGTERM holds, fabric faults; and one way to run each.
+
+Shared by the tests (tests/test_reliability.py asserts on every outcome) and by bench/reliability.py (runs
+each scenario N times and tabulates). A scenario runs the real `azprov` CLI as a subprocess against the
+loopback fake fabric under a temporary root, with small budgets, and returns a `Result` saying what the
+fabric saw (accepted Ready / ProvisioningFailed reports for its current incarnation) and what the agent
+left on disk. Nothing here talks to anything but 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from conftest import Env
+from fakefabric import GOAL_STATE, FakeFabric
+
+ACTIVE_PHASES = ("network_wait", "goalstate", "reporting", "configuring")
+PERSIST_POINTS = ("persist.before_write", "persist.before_rename", "persist.after_rename")
+SAVES_IN_A_RUN = 6  # start, →goalstate, →reporting, →configuring, hostname step, →done
+CRASH_ACTIONS = ("kill", "exit")  # SIGKILL (power cut) and os._exit (no cleanup)
+
+# Small budgets: every fault either heals inside them or exhausts them within seconds.
+FAST = {"network_timeout": 3.0, "wireserver_timeout": 3.0, "imds_timeout": 3.0, "request_timeout": 1.0}
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    rc: int
+    state: str
+    elapsed: float
+    ready: int  # accepted Ready reports for the fabric's current incarnation
+    failure_reports: int  # accepted NotReady/ProvisioningFailed reports
+    last_error: dict[str, Any] | None
+    output: str
+    record: dict[str, Any] | None
+    duplicate_allowed: bool = False  # crash fell between the Ready's 200 and the record saying so
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def duplicate(self) -> bool:
+        return self.ready > 1
+
+    @property
+    def lost(self) -> bool:
+        """The run ended DONE (or the VM believes it is provisioned) without an accepted Ready."""
+        return self.state == "done" and self.ready == 0
+
+
+def read_record(vm: Env) -> dict[str, Any] | None:
+    try:
+        loaded: dict[str, Any] = json.loads(vm.state_file.read_text())
+        return loaded
+    except FileNotFoundError:
+        return None
+
+
+def temp_leftovers(vm: Env) -> list[str]:
+    return sorted(p.name for p in vm.state_dir.glob(".state.json-*"))
+
+
+def _result(name: str, vm: Env, fab: FakeFabric, proc: subprocess.CompletedProcess[str], elapsed: float,
+            **extra: Any) -> Result:
+    record = read_record(vm)
+    ready = [r for r in fab.ready_reports() if r["incarnation"] == fab.incarnation]
+    return Result(name=name, rc=proc.returncode, state=(record or {}).get("state", "none"), elapsed=elapsed,
+                  ready=len(ready), failure_reports=len(fab.failure_reports()),
+                  last_error=(record or {}).get("last_error"), output=proc.stdout + proc.stderr,
+                  record=record, **extra)
+
+
+def timed_run(vm: Env, timeout: float = 60, env: dict[str, str] | None = None
+              ) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    proc = vm.run(timeout=timeout, env=env)
+    return proc, time.monotonic() - started
+
+
+# ---- crash points ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Crash:
+    point: str
+    action: str
+    nth: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.point}:{self.action}" + (f"@{self.nth}" if self.nth != 1 else "")
+
+
+def crash_points() -> list[tuple[str, int]]:
+    points = [(f"{phase}.{when}", 1) for phase in ACTIVE_PHASES for when in ("before_work", "after_work")]
+    points.append(("reporting.after_post", 1))
+    points += [(p, n) for p in PERSIST_POINTS for n in range(1, SAVES_IN_A_RUN + 1)]
+    return points
+
+
+def crash_matrix() -> list[Crash]:
+    return [Crash(p, a, n) for p, n in crash_points() for a in CRASH_ACTIONS]
+
+
+def run_crash(crash: Crash, tmp: Path) -> Result:
+    """Die at the failpoint, then boot again without it: the second run must finish the job."""
+    with FakeFabric() as fab:
+        vm = Env(tmp, fab.url)
+        vm.set("fabric", **FAST)
+        first, t1 = timed_run(vm, env={"AZPROV_FAILPOINT": f"{crash.point}:{crash.action}@{crash.nth}"})
+        after_crash = read_record(vm)
+        ready_after_crash = len(fab.ready_reports())
+        # The one window where a second Ready is expected: the fabric took one, the record does not say so.
+        window = ready_after_crash > 0 and not (after_crash or {}).get("reported_ready_at")
+        second, t2 = timed_run(vm)
+        result = _result(crash.name, vm, fab, second, t1 + t2, duplicate_allowed=window)
+        result.detail = {"first_rc": first.returncode, "record_after_crash": after_crash,
+                         "first_output": first.stdout + first.stderr, "leftovers": temp_leftovers(vm)}
+        return result
+
+
+# ---- SIGTERM in each state ---------------------------------------------------------------------------------
+
+HOLD_ROUTE = {"network_wait": None, "goalstate": "goalstate", "reporting": "health", "configuring": "imds"}
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def run_sigterm(phase: str, tmp: Path) -> Result:
+    """Hold the agent inside `phase` (a request the fake never answers), send SIGTERM, then boot again."""
+    route = HOLD_ROUTE[phase]
+    fab = FakeFabric()
+    if route is None:
+        fab.reserve_port()  # nothing listens: NETWORK_WAIT polls
+    else:
+        fab.set_script(route, [{"action": "hang", "delay": 60}])
+        fab.start()
+    try:
+        vm = Env(tmp, fab.url)
+        vm.set("fabric", network_timeout=60.0, wireserver_timeout=60.0, imds_timeout=60.0, request_timeout=30.0)
+        proc = vm.popen()
+        wait_for(lambda: (read_record(vm) or {}).get("state") == phase and (route is None or fab.requests(route)))
+        time.sleep(0.1)  # well inside the blocking read (or the poll loop)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=10)
+        took = time.monotonic() - sent
+        held = read_record(vm)
+        if route is None:
+            fab.start()
+        else:
+            fab.set_script(route, [])
+        second, t2 = timed_run(vm)
+        result = _result(f"sigterm in {phase}", vm, fab, second, took + t2)
+        result.detail = {"term_rc": proc.returncode, "term_seconds": took, "term_output": output,
+                         "record_after_term": held}
+        return result
+    finally:
+        fab.stop()
+
+
+# ---- fabric faults -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    name: str
+    script: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    expect: str = "done"  # "done" or "failed"
+    reported: bool = False  # when failed: a ProvisioningFailed report must reach the fabric
+    max_time: float = 3.0  # seconds the whole run may take
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # [fabric] overrides
+    listen_late: float | None = None
+    wire: str = "fake"  # "fake", "blackhole" (accepts, never answers), "slow_headers", "closed"
+    heal_after: dict[str, float] = dataclasses.field(default_factory=dict)  # route → seconds until scripts end
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    slow: bool = False
+    # A scripted 200 to a Ready whose body we then cannot read counts as accepted by the fake, though the
+    # agent rightly retries: a second Ready is expected there.
+    duplicate_ok: bool = False
+
+
+def storm(answer: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    return [dict(answer) for _ in range(n)]
+
+
+NO_ROLE = GOAL_STATE.replace("<RoleInstanceList>", "<RoleInstanceList><!--").replace(
+    "</RoleInstanceList>", "--></RoleInstanceList>")
+DEAD_PROXY = "http://127.0.0.1:9"  # discard port: nothing listens, a connection attempt fails at once
+
+
+def _faults() -> Iterator[Fault]:
+    for route in ("goalstate", "health", "imds"):
+        after = {"Retry-After": "0.2"}
+        # A 200 whose body we cannot read: for health the Ready was taken, and the agent rightly retries.
+        unreadable_200 = {"status": 200, "body": "x" * 50} if route == "health" else {}
+        dup = route == "health"
+        yield Fault(f"{route}: 500 storm", {route: storm({"status": 500}, 4)})
+        yield Fault(f"{route}: 503 storm, Retry-After", {route: storm({"status": 503, "headers": after}, 4)})
+        yield Fault(f"{route}: 429 storm, Retry-After", {route: storm({"status": 429, "headers": after}, 4)})
+        yield Fault(f"{route}: hang > per-call timeout", {route: [{"action": "hang", "delay": 5}]}, max_time=4.0)
+        yield Fault(f"{route}: connection reset", {route: storm({"action": "reset"}, 3)})
+        yield Fault(f"{route}: close without answer", {route: storm({"action": "close"}, 3)})
+        yield Fault(f"{route}: slow body 1 byte/s", {route: [{"action": "slow", "delay": 1.0, **unreadable_200}]},
+                    max_time=4.0, duplicate_ok=dup)
+        yield Fault(f"{route}: 50 MB body", {route: [{"status": 200, "body": "<a>" + "x" * (50 << 20) + "</a>"}]},
+                    max_time=5.0, slow=True, duplicate_ok=dup)
+    yield Fault("goalstate: malformed body", {"goalstate": [{"status": 200, "body": "<GoalState><Incarn"}]})
+    yield Fault("goalstate: not XML at all", {"goalstate": [{"status": 200, "body": "\x00\xff garbage"}]})
+    yield Fault("goalstate: no RoleInstance", {"goalstate": storm({"status": 200, "body": NO_ROLE}, 3)})
+    yield Fault("health: 200 with malformed body", {"health": [{"status": 200, "body": "<<<"}]})
+    yield Fault("health: 410 + incarnation bump", {"health": storm({"action": "bump"}, 2)})
+    yield Fault("imds: malformed JSON", {"imds": [{"status": 200, "body": '{"compute": '}]})
+    yield Fault("imds: 404 for a while", {"imds": storm({"status": 404}, 4)})
+    yield Fault("imds: 410 for a while", {"imds": storm({"status": 410}, 4)})
+    yield Fault("imds: 429 for a while, Retry-After",
+                {"imds": storm({"status": 429, "headers": {"Retry-After": "0.2"}}, 4)})
+    yield Fault("wireserver listens late (1 s)", listen_late=1.0)
+    yield Fault("dead proxy in the environment", env={k: DEAD_PROXY for k in (
+        "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")})
+    # Budgets exhausted: FAILED, reported when the fabric can still take a report.
+    yield Fault("imds: 500 beyond the budget", {"imds": storm({"status": 500}, 1000)}, expect="failed",
+                reported=True, max_time=4.5, settings={"imds_timeout": 1.5})
+    yield Fault("imds: 404 beyond the budget", {"imds": storm({"status": 404}, 1000)}, expect="failed",
+                reported=True, max_time=4.5, settings={"imds_timeout": 1.5})
+    yield Fault("health: 503 beyond the budget, then heals", {"health": storm({"status": 503}, 10000)},
+                expect="failed", reported=True, max_time=6.0, settings={"wireserver_timeout": 1.5},
+                heal_after={"health": 2.2})
+    yield Fault("goalstate: 500 beyond the budget", {"goalstate": storm({"status": 500}, 100000)}, expect="failed",
+                max_time=6.0, settings={"wireserver_timeout": 1.5})
+    yield Fault("wireserver never listens", wire="closed", expect="failed", max_time=3.0,
+                settings={"network_timeout": 1.5})
+    yield Fault("wireserver accepts, never answers", wire="blackhole", expect="failed", max_time=6.0,
+                settings={"wireserver_timeout": 1.5, "request_timeout": 0.5})
+    yield Fault("wireserver trickles its headers", wire="slow_headers", expect="failed", max_time=6.0,
+                settings={"wireserver_timeout": 1.5, "request_timeout": 0.5})
+
+
+FAULTS = list(_faults())
+
+
+@contextmanager
+def odd_server(kind: str) -> Iterator[str]:
+    """A WireServer that misbehaves below HTTP: 'blackhole' completes the TCP handshake and never reads or
+    answers (the kernel's backlog does the accepting); 'slow_headers' answers one header byte a second;
+    'closed' is a port nothing listens on."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
+    if kind == "closed":
+        sock.close()
+        yield url
+        return
+    sock.listen(64)
+    if kind == "slow_headers":
+        def trickle(conn: socket.socket) -> None:
+            head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 10000 + b"\r\n\r\n"
+            with conn:
+                for i in range(len(head)):
+                    if stop.wait(0.2):
+                        return
+                    try:
+                        conn.sendall(head[i:i + 1])
+                    except OSError:
+                        return
+
+        def serve() -> None:
+            sock.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    continue
+                t = threading.Thread(target=trickle, args=(conn,), daemon=True)
+                t.start()
+                threads.append(t)
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+    try:
+        yield url
+    finally:
+        stop.set()
+        sock.close()
+
+
+def run_fault(fault: Fault, tmp: Path) -> Result:
+    fab = FakeFabric()
+    timers: list[threading.Timer] = []
+    for route, answers in fault.script.items():
+        fab.set_script(route, answers)
+    if fault.listen_late is not None:
+        fab.reserve_port()
+        timers.append(threading.Timer(fault.listen_late, fab.start))
+    else:
+        fab.start()
+    for route, seconds in fault.heal_after.items():
+        timers.append(threading.Timer(seconds, fab.set_script, (route, [])))
+    try:
+        with odd_server(fault.wire if fault.wire != "fake" else "closed") as odd_url:
+            vm = Env(tmp, fab.url)
+            vm.set("fabric", **{**FAST, **fault.settings})
+            if fault.wire != "fake":
+                vm.set("fabric", wireserver_url=odd_url)
+            for t in timers:
+                t.start()
+            proc, elapsed = timed_run(vm, env=fault.env)
+            return _result(fault.name, vm, fab, proc, elapsed, duplicate_allowed=fault.duplicate_ok)
+    finally:
+        for t in timers:
+            t.cancel()
+        fab.stop()

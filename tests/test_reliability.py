@@ -1,0 +1,104 @@
+"""The reliability matrix (issue 3): every crash point, SIGTERM in every state, every fabric fault.
+
+Each case runs the real CLI as a subprocess against the loopback fake (see tests/scenarios.py). Quick
+representatives run in `make test`; the full matrix is `slow` (`make test-slow`, run by .ci/run).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scenarios import (
+    FAULTS,
+    SAVES_IN_A_RUN,
+    Crash,
+    Fault,
+    crash_matrix,
+    run_crash,
+    run_fault,
+    run_sigterm,
+)
+
+from statemachine import persistence
+
+QUICK_CRASHES = {"reporting.after_post:kill", "persist.before_rename:exit@4", "goalstate.after_work:kill",
+                 "configuring.before_work:exit"}
+# The save that records the Ready is the 4th of a run (start, →goalstate, →reporting, →configuring).
+READY_SAVE = 4
+# Where a crash falls between the WireServer's 200 and the record saying so: a second Ready is expected.
+DUPLICATE_WINDOW = {"reporting.after_post", "reporting.after_work"} | {
+    f"{p}@{READY_SAVE}" for p in ("persist.before_write", "persist.before_rename")}
+
+
+def _param(crash: Crash) -> pytest.param:  # type: ignore[valid-type]
+    marks = () if crash.name in QUICK_CRASHES else (pytest.mark.slow,)
+    return pytest.param(crash, id=crash.name, marks=marks)
+
+
+@pytest.mark.parametrize("crash", [_param(c) for c in crash_matrix()])
+def test_crash_then_reboot_reaches_done_with_one_ready(crash: Crash, tmp_path: Path) -> None:
+    result = run_crash(crash, tmp_path)
+    detail = result.detail
+    assert detail["first_rc"] == (-9 if crash.action == "kill" else 137), detail["first_output"]
+    # Never half-written: whatever the crash left is a whole, valid record (or none at all).
+    if detail["record_after_crash"] is not None:
+        persistence.from_json(detail["record_after_crash"])
+    assert result.rc == 0, result.output
+    assert result.state == "done" and result.ready >= 1
+    key = crash.point if crash.point.startswith("reporting") else f"{crash.point}@{crash.nth}"
+    if result.ready > 1:
+        assert result.duplicate_allowed and key in DUPLICATE_WINDOW, (crash.name, result.ready)
+    assert "Traceback" not in result.output
+    assert detail["leftovers"] == [], "a crash's temp file outlived the next run"
+    states = [h["state"] for h in (result.record or {})["history"]]
+    assert states[-1] == "done" and states.index("reporting") < states.index("configuring")
+
+
+def test_the_duplicate_window_really_duplicates(tmp_path: Path) -> None:
+    """The matrix's allowance is not vacuous: a crash right after the 200 does produce a second Ready."""
+    result = run_crash(Crash("reporting.after_post", "kill"), tmp_path)
+    assert result.ready == 2 and result.duplicate_allowed
+
+
+def test_matrix_covers_every_save_of_a_run(tmp_path: Path) -> None:
+    """SAVES_IN_A_RUN must match reality, or the persist crash points miss the later saves."""
+    result = run_crash(Crash("persist.before_write", "exit", SAVES_IN_A_RUN + 1), tmp_path)
+    assert result.detail["first_rc"] == 0, "a run saves more often than SAVES_IN_A_RUN"
+    result = run_crash(Crash("persist.before_write", "exit", SAVES_IN_A_RUN), tmp_path / "again")
+    assert result.detail["first_rc"] == 137
+
+
+@pytest.mark.parametrize("phase", ["network_wait", "goalstate", "reporting",
+                                   pytest.param("configuring", marks=pytest.mark.slow)])
+def test_sigterm_in_each_state_persists_logs_and_resumes(phase: str, tmp_path: Path) -> None:
+    result = run_sigterm(phase, tmp_path)
+    detail = result.detail
+    assert detail["term_rc"] == 143, detail["term_output"]
+    assert detail["term_seconds"] < 2.0
+    assert "terminated" in detail["term_output"] and f"state='{phase}'" in detail["term_output"]
+    assert "Traceback" not in detail["term_output"]
+    held = detail["record_after_term"]
+    assert held["state"] == phase and "terminated" in held["last_error"]["reason"]
+    assert result.rc == 0 and result.state == "done" and result.ready == 1, result.output
+    assert "action='resume'" in result.output
+
+
+def _fault_param(fault: Fault) -> pytest.param:  # type: ignore[valid-type]
+    slow = fault.slow or fault.max_time > 3.0 or fault.expect == "failed"
+    return pytest.param(fault, id=fault.name, marks=(pytest.mark.slow,) if slow else ())
+
+
+@pytest.mark.parametrize("fault", [_fault_param(f) for f in FAULTS])
+def test_fabric_fault(fault: Fault, tmp_path: Path) -> None:
+    result = run_fault(fault, tmp_path)
+    assert "Traceback" not in result.output, result.output
+    assert result.elapsed < fault.max_time, (result.elapsed, result.output)
+    if fault.expect == "done":
+        assert result.rc == 0 and result.state == "done", result.output
+        assert result.ready == 1 or (result.duplicate_allowed and result.ready >= 1), result.ready
+        return
+    assert result.rc == 1 and result.state == "failed", result.output
+    assert result.last_error and result.last_error["reason"], "FAILED without a clear last_error"
+    assert (result.failure_reports >= 1) == fault.reported, result.output
+    assert (result.record or {}).get("failure_reported_at") is not None if fault.reported else True
