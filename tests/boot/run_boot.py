@@ -21,11 +21,13 @@ Run: `sudo python3 tests/boot/run_boot.py [--scenario NAME ...] [--no-seed] [--r
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -262,8 +264,16 @@ SystemCallFilter=
 """
 
 
-def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False) -> dict[str, Path]:
-    """The azprov image (and the seed-unit image): disks made from the cached base, installed as users do."""
+FULL_CONFIG = """# boot test: full provisioning (issue 5's steps)
+[configure]
+steps = ["hostname", "user", "ssh_keys"]
+"""
+
+
+def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False,
+                 full: bool = False) -> dict[str, Path]:
+    """The azprov image and its variants (unhardened, full provisioning) and the seed-unit image: disks made
+    from the cached base, azprov installed as users do; each variant is the same tree plus one file."""
     base = guest.build_base(CACHE, log)
     wheelhouse = work / "wheelhouse"
     guest.run(["make", "-C", str(REPO), "wheelhouse", f"WHEELHOUSE={wheelhouse}"], log=log)
@@ -279,6 +289,12 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         dropin.mkdir(parents=True)
         (dropin / "unhardened.conf").write_text(UNHARDENED)
         images["azprov-unhardened"] = guest.make_disk(rootfs, work / "image-azprov-unhardened.img")
+        shutil.rmtree(dropin)
+    if full:
+        conf = rootfs / "etc/azprov/azprov.toml.d"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "50-boot-test.toml").write_text(FULL_CONFIG)
+        images["azprov-full"] = guest.make_disk(rootfs, work / "image-azprov-full.img")
     if with_seed:
         script, unit = seed.load()
         seed.install(rootfs_seed := guest.prepare_rootfs(base, work / "rootfs-seed"), script, unit)
@@ -357,6 +373,7 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
 
     def first_checks() -> None:
         expect_provisioned(b1, "web-01", vm_id_for(vm1))
+        expect_ssh_after(b1)
         check(len([e for e in b1.fabric_entries if e.get("health_state") == "Ready"]) == 1,
               "first boot: exactly one Ready POST", _routes(b1))
     run_checks(s1, first_checks)
@@ -380,6 +397,60 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
     out.append(s4)
     run_checks(s4, lambda: expect_provisioned(b4, "web-02", vm_id_for(vm2)))
     return out
+
+
+def expect_ssh_after(boot: Boot) -> None:
+    """Before=ssh.service: sshd started only once azprov had finished."""
+    report = boot.report or {}
+    done = int(report.get("props", {}).get("ActiveEnterTimestampMonotonic") or 0)
+    ssh = report.get("ssh_props", {})
+    ssh_start = int(ssh.get("InactiveExitTimestampMonotonic") or 0)
+    check(done > 0 and ssh_start >= done, f"{boot.name}: ssh.service started before azprov finished",
+          {"azprov_done_us": done, "ssh": ssh})
+
+
+def full_provisioning(image: Path, m: Machine) -> Scenario:
+    """Scenario 6: steps hostname, user, ssh_keys through the real unit and its sandbox: the admin user
+    exists in the sudo group, its key is installed 0600 in a 0700 ~/.ssh it owns, sshd starts after."""
+    vm = str(uuid.uuid4())
+    key = ssh_key_line()
+    doc = {"compute": {"name": "web-full", "vmId": vm_id_for(vm), "location": "westeurope",
+                       "osProfile": {"computerName": "web-full", "adminUsername": "azureuser",
+                                     "disablePasswordAuthentication": "true"},
+                       "publicKeys": [{"keyData": key, "path": "/home/azureuser/.ssh/authorized_keys"}]},
+           "network": {"interface": []}}
+    with WatchedFabric(computer_name="web-full", vm_id=vm_id_for(vm), imds_document=doc) as fab:
+        b = m.boot("6-full-provisioning", fab, vm)
+    s = Scenario("full provisioning: hostname, user, ssh_keys", [b])
+
+    def checks() -> None:
+        status = expect_provisioned(b, "web-full", vm_id_for(vm))
+        steps = status.get("steps", {})
+        check(all(steps.get(n, {}).get("status") == "done" for n in ("hostname", "user", "ssh_keys")),
+              "full: every step done", steps)
+        acct = (b.report or {}).get("account")
+        check(acct is not None, "full: azureuser does not exist")
+        assert acct is not None
+        uid = int(acct["passwd"].split(":")[2])
+        check("(sudo)" in acct["id"], "full: azureuser not in sudo", acct["id"])
+        check(acct["ssh_dir"] == {"mode": "0o700", "uid": uid, "gid": acct["ssh_dir"]["gid"]}, "full: ~/.ssh",
+              acct["ssh_dir"])
+        check((acct["authorized_keys"] or {}).get("mode") == "0o600"
+              and (acct["authorized_keys"] or {}).get("uid") == uid, "full: authorized_keys", acct)
+        check(key in (acct["keys"] or ""), "full: key not installed", acct["keys"])
+        check(acct["shadow_locked"], "full: password not locked (disablePasswordAuthentication)", acct)
+        check("azprov-azureuser" in (acct["sudoers"] or []), "full: sudoers drop-in", acct["sudoers"])
+        expect_ssh_after(b)
+        s.notes["steps"] = {n: v.get("result") for n, v in steps.items()}
+    run_checks(s, checks)
+    return s
+
+
+def ssh_key_line() -> str:
+    """A well-formed ssh-ed25519 public key line (random key material)."""
+    name = b"ssh-ed25519"
+    blob = struct.pack(">I", len(name)) + name + struct.pack(">I", 32) + os.urandom(32)
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} boot-test"
 
 
 def expect_unit_ok(boot: Boot) -> None:
@@ -608,7 +679,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
-SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "compare")
+SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "full-provisioning", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -633,13 +704,13 @@ def main(argv: list[str] | None = None) -> int:
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
     images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
-                          unhardened=args.unhardened)
+                          unhardened=args.unhardened, full="full-provisioning" in chosen)
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
     scenarios: list[Scenario] = []
     runners: dict[str, Callable[[Path, Machine], Any]] = {
         "first-boot-chain": first_boot_chain, "power-cut": power_cut, "power-cut-imds": power_cut_imds,
-        "opt-out": opt_out}
+        "opt-out": opt_out, "full-provisioning": full_provisioning}
     for name in chosen:
         if name == "compare" and "seed" not in images:
             say(f"{name}: skipped (the seed document is not at {seed.SEED_DIR})")
@@ -650,7 +721,8 @@ def main(argv: list[str] | None = None) -> int:
                 variants = ("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
                 got = compare(images, work, kernel, args.repeat, variants)
             else:
-                machine = Machine(disk=copy_disk(images["azprov"], disk), kernel=kernel, work=work, accel=accel())
+                image = images["azprov-full" if name == "full-provisioning" else "azprov"]
+                machine = Machine(disk=copy_disk(image, disk), kernel=kernel, work=work, accel=accel())
                 got = runners[name](disk, machine)
         except BootTestError as e:
             got = Scenario(name, [], error=str(e))
