@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="read the goal state and IMDS, print what each configure step would change; "
                    "change nothing, post nothing")
-    p.add_argument("command", nargs="?", choices=["clean"],
-                   help="clean: remove azprov's records before capturing an image")
+    p.add_argument("command", nargs="?", choices=["clean", "kvp"],
+                   help="clean: remove azprov's records before capturing an image; "
+                   "kvp: decode the Hyper-V KVP pool (for support)")
     p.add_argument("--logs", action="store_true", help="with clean: also remove azprov's log files")
     p.add_argument("--machine-id", action="store_true",
                    help="with clean: also reset /etc/machine-id to 'uninitialized'")
@@ -61,12 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (args.wait or args.kvp) and not args.status:
         build_parser().error("--wait and --kvp go with --status")
-    if args.json and not (args.status or args.dry_run):
-        build_parser().error("--json goes with --status or --dry-run")
+    if args.json and not (args.status or args.dry_run or args.command == "kvp"):
+        build_parser().error("--json goes with --status, --dry-run or kvp")
     if (args.logs or args.machine_id) and args.command != "clean":
         build_parser().error("--logs and --machine-id go with clean")
     if sum((args.status, args.dry_run, args.command is not None)) > 1:
-        build_parser().error("--status, --dry-run and clean exclude each other")
+        build_parser().error("--status, --dry-run and the commands exclude each other")
     try:
         cfg = config.load_layers(args.config)
     except ConfigError as e:
@@ -80,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dry_run(cfg, args.json)
     if args.command == "clean":
         return clean(cfg, args.logs, args.machine_id)
+    if args.command == "kvp":
+        return kvp(cfg, args.json)
     code = run(cfg, state_file)
     if code == 0:
         remember_done(cfg, args.config, state_file)
@@ -143,6 +146,20 @@ def kvp_pool(cfg: config.Config) -> Path:
     return Path(cfg.paths.root) / cfg.kvp.pool_path.lstrip("/")
 
 
+def kvp(cfg: config.Config, as_json: bool) -> int:
+    """`azprov kvp`: the Hyper-V KVP pool decoded, split values rejoined. Exit 1 when it cannot be read."""
+    from statemachine import kvp as pool_format
+    from statemachine import status as st
+
+    pool = kvp_pool(cfg)
+    if as_json:
+        data = st.kvp_json(pool)
+        print(json.dumps(data, indent=2, sort_keys=True))
+        return 1 if "error" in data else 0
+    print(pool_format.format_pool(pool))
+    return 0 if pool.is_file() else 1
+
+
 def status(state_file: Path, as_json: bool, wait: bool, pool: Path | None = None) -> int:
     from statemachine import status as st
 
@@ -154,9 +171,12 @@ def status(state_file: Path, as_json: bool, wait: bool, pool: Path | None = None
             text = st.with_kvp(text, pool, as_json)
     except StateFileError as e:
         if as_json:
-            print(json.dumps({"state": "unknown", "last_error": e.as_dict()}, indent=2))
+            text = json.dumps({"state": "unknown", "last_error": e.as_dict()}, indent=2)
+            print(st.with_kvp(text, pool, True) if pool is not None else text)
         else:
             print(f"azprov: {e}", file=sys.stderr)
+            if pool is not None:  # a broken record is exactly when the pool helps
+                print(st.with_kvp("", pool, False).lstrip("\n"))
         return 1
     print(text)
     return code

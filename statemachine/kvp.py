@@ -71,7 +71,10 @@ def split_utf8(value: str, limit: int = MAX_VALUE_BYTES) -> list[bytes]:
 
 
 def _check_key(key: str) -> bytes:
-    raw = key.encode("utf-8", "strict") if "\x00" not in key else b""
+    try:
+        raw = key.encode("utf-8") if "\x00" not in key else b""
+    except UnicodeEncodeError as e:  # lone surrogates
+        raise KvpError("KVP key is not encodable as UTF-8", key=ascii(key[:64])) from e
     if not raw:
         raise KvpError("KVP key is empty or contains NUL", key=key[:64])
     if len(raw) > MAX_KEY_BYTES:
@@ -177,6 +180,7 @@ class KvpPool:
         self.sleep = sleep
         self._said_absent = False
         self._said_failed = False
+        self._stale_checked = False
 
     def write(self, items: Iterable[tuple[str, str]]) -> bool:
         """Append the items (each possibly split) in one locked write. True when they reached the file."""
@@ -228,12 +232,18 @@ class KvpPool:
             waited += 0.05
 
     def _truncate_if_stale(self, fd: int) -> None:
-        """Under the lock: records older than this boot belong to another life of the disk."""
-        booted = self.boot()
+        """Under the lock: records older than this boot belong to another life of the disk. A torn record
+        at the end (a writer that died mid-write) is cut off, or every record we append would be misread."""
+        booted = None if self._stale_checked else self.boot()
+        self._stale_checked = True  # once per process: a clock stepped forward later must not wipe this boot
         st = os.fstat(fd)
         if booted is not None and st.st_size and st.st_mtime < booted:
             os.ftruncate(fd, 0)
             log.debug("KVP pool predates this boot; truncated", extra=fields(path=str(self.path)))
+        elif st.st_size % RECORD_SIZE:
+            os.ftruncate(fd, st.st_size - st.st_size % RECORD_SIZE)
+            log.warning("KVP pool ended in a torn record; cut it off", extra=fields(
+                path=str(self.path), bytes=st.st_size % RECORD_SIZE))
 
     def read(self) -> list[KvpRecord]:
         with open(self.path, "rb") as f:

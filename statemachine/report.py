@@ -12,8 +12,9 @@ and on success just `result=success|agent=…|vm_id=…|timestamp=…`.
 
 Escaping: inside a value, `%`, `|`, `=` and control characters (U+0000–U+001F, U+007F) are written as `%XX`
 (upper-case hex of the code point), so splitting on `|` and then on the first `=` is always safe, even for a
-naive reader. Keys are restricted to `[A-Za-z0-9_.-]`; anything else becomes `_`. `decode_fields` reverses
-`encode_fields` exactly. Pure functions only: no clock, no I/O.
+naive reader; a lone surrogate, which UTF-8 cannot carry, becomes `?`. Keys are restricted to
+`[A-Za-z0-9_.-]`; anything else becomes `_`. `decode_fields` reverses `encode_fields` exactly (for text
+without lone surrogates). Pure functions only: no clock, no I/O.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ _UNESCAPE = re.compile(r"%([0-9A-F]{2})")
 
 
 def escape_value(value: str) -> str:
+    # Lone surrogates (undecodable file names, say) cannot travel as UTF-8: they become "?".
+    value = value.encode("utf-8", "replace").decode("utf-8")
     return _ESCAPE.sub(lambda m: f"%{ord(m.group()):02X}", value)
 
 

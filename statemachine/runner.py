@@ -42,6 +42,13 @@ POLICY = {
     Phase.REPORTING: retry.WIRESERVER,
     Phase.CONFIGURING: retry.IMDS,
 }
+# Why a phase gave up, naming the service and the budget: the operator reads this in the portal.
+EXHAUSTED = {
+    Phase.NETWORK_WAIT: "WireServer did not accept a connection within fabric.network_timeout",
+    Phase.GOALSTATE: "WireServer gave no usable goal state within fabric.wireserver_timeout",
+    Phase.REPORTING: "WireServer did not accept the health report within fabric.wireserver_timeout",
+    Phase.CONFIGURING: "IMDS gave no usable instance metadata within fabric.imds_timeout",
+}
 FAILURE_REPORT_BUDGET = 30.0  # at most; never more than fabric.wireserver_timeout
 
 
@@ -146,9 +153,10 @@ class Runner:
         started = self._phase_started.setdefault(phase, ctx.clock())
         budget = float(getattr(ctx.config.fabric, BUDGET_KEY[phase]))
         ctx.deadline = started + budget
-        failpoint(f"{phase.value}.before_work")
-        try:
+        try:  # the failpoints sit inside: an armed `raise` stands for a bug in the step itself
+            failpoint(f"{phase.value}.before_work")
             outcome = self.steps[phase](ctx, self.record)
+            failpoint(f"{phase.value}.after_work")
         except AgentError as e:
             self._after_error(phase, e, budget)
             return
@@ -157,7 +165,6 @@ class Runner:
             self._fail(phase, AgentError("unexpected internal error", error=type(e).__name__,
                                          detail=str(e)[:200]))
             return
-        failpoint(f"{phase.value}.after_work")
         self.record = dataclasses.replace(self.record, **outcome.updates)
         if outcome.event is None:  # progress inside the phase (one configure step done)
             self.record = dataclasses.replace(self.record, attempts=0, updated_at=utc_now())
@@ -178,7 +185,7 @@ class Runner:
             ctx.sleep(delay)
             return
         if e.retryable:
-            e = BudgetExhausted(f"{phase.value} did not succeed within its time budget",
+            e = BudgetExhausted(EXHAUSTED[phase],
                                 budget_s=budget, budget_key=f"fabric.{BUDGET_KEY[phase]}",
                                 attempts=attempts, last_reason=e.reason,
                                 **{f"last_{k}": v for k, v in e.supporting_data.items()})

@@ -119,16 +119,23 @@ def is_settled(state_file: Path) -> bool:
     return record is not None and record.state in (Phase.DONE, Phase.FAILED) and not _running(state_file.parent)
 
 
+def kvp_json(pool: Path) -> dict[str, Any]:
+    """The pool decoded (split values rejoined), or why it could not be read."""
+    from statemachine import kvp
+
+    try:
+        records = kvp.decode_pool(pool.read_bytes())
+    except OSError as e:
+        return {"path": str(pool), "error": e.strerror or str(e)}
+    return {"path": str(pool), "records": [dataclasses.asdict(r) for r in records]}
+
+
 def with_kvp(text: str, pool: Path, as_json_output: bool) -> str:
-    """`--status --kvp`: the record's view followed by the Hyper-V KVP pool, decoded (split values rejoined)."""
+    """`--status --kvp`: the record's view followed by the Hyper-V KVP pool, decoded."""
     from statemachine import kvp
 
     if not as_json_output:
         return text + "\nkvp pool:\n" + kvp.format_pool(pool)
     data = json.loads(text)
-    try:
-        records = kvp.decode_pool(pool.read_bytes())
-        data["kvp"] = {"path": str(pool), "records": [dataclasses.asdict(r) for r in records]}
-    except OSError as e:
-        data["kvp"] = {"path": str(pool), "error": e.strerror or str(e)}
+    data["kvp"] = kvp_json(pool)
     return json.dumps(data, sort_keys=True, indent=2)

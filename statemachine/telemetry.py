@@ -16,8 +16,8 @@ escaping. A disabled or absent pool makes every call a no-op.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from typing import Callable
 
 from statemachine.kvp import KvpPool
@@ -50,7 +50,7 @@ class Telemetry:
     def __init__(self, pool: KvpPool | None, run_id: str | None = None,
                  clock: Callable[[], str] = utc_now) -> None:
         self.pool = pool
-        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.run_id = run_id or os.urandom(4).hex()
         self.clock = clock
         self.vm_id: str | None = None
         self.seq = 0

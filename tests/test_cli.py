@@ -118,7 +118,8 @@ def test_imds_budget_exhausted_reports_failure(vm: Env, fabric: FakeFabric) -> N
     failures = fabric.failure_reports()
     assert len(failures) == 1
     description = failures[0]["description"]
-    assert description.startswith("result=error|reason=configuring did not succeed within its time budget")
+    reason = "IMDS gave no usable instance metadata within fabric.imds_timeout"
+    assert description.startswith(f"result=error|reason={reason}")
     assert "fabric.imds_timeout" in description and f"vm_id={vm.vm_id}" in description
     status = status_json(vm)
     assert status["state"] == "failed" and status["failure_reported_at"]
@@ -233,3 +234,10 @@ def test_sigterm_persists_and_exits_promptly(vm: Env, fabric: FakeFabric) -> Non
     assert status["state"] == "configuring" and "terminated" in status["last_error"]["reason"]
     fabric.set_script("imds", [])
     assert vm.run().returncode == 0
+
+
+def test_a_bug_in_a_step_still_tells_the_platform(vm: Env, fabric: FakeFabric) -> None:
+    out = vm.run(env={"AZPROV_FAILPOINT": "configuring.before_work:raise"})
+    assert out.returncode == 1
+    assert "unexpected internal error" in fabric.failure_reports()[0]["description"]
+    assert status_json(vm)["last_error"]["data"]["error"] == "FailpointError"

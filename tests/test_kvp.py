@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from statemachine import kvp
 from statemachine.errors import KvpError
@@ -59,7 +62,7 @@ def test_split_never_cuts_a_character_and_every_part_is_valid_utf8() -> None:
     assert rec == KvpRecord("event", value, parts=3)
 
 
-@pytest.mark.parametrize("key", ["", "a\x00b", "x" * 255, "é" * 128, "name|1/2"])
+@pytest.mark.parametrize("key", ["", "a\x00b", "x" * 255, "é" * 128, "name|1/2", "lone\ud800surrogate"])
 def test_bad_keys_are_refused(key: str) -> None:
     with pytest.raises(KvpError):
         encode(key, "v")
@@ -72,9 +75,19 @@ def test_key_without_room_for_the_part_suffix_is_refused_only_when_split() -> No
         encode(key, "v" * 2000)
 
 
-def test_nul_in_value_is_refused() -> None:
+@pytest.mark.parametrize("value", ["a\x00b", "lone\udfffsurrogate"])
+def test_unencodable_values_are_refused(value: str) -> None:
     with pytest.raises(KvpError):
-        encode("k", "a\x00b")
+        encode("k", value)
+
+
+@given(key=st.text(), value=st.text())
+def test_encode_raises_only_kvp_error(key: str, value: str) -> None:
+    try:
+        records = encode(key, value)
+    except KvpError:
+        return
+    assert decode_pool(b"".join(records)) == [KvpRecord(key, value, parts=len(records))]
 
 
 @settings(max_examples=300)
@@ -151,6 +164,16 @@ def test_stale_pool_is_truncated_once_per_boot(tmp_path: Path) -> None:
     assert [r.key for r in pool.read()] == ["new", "newer"]
 
 
+def test_staleness_is_judged_once_per_process(tmp_path: Path) -> None:
+    boot = [0.0]
+    (tmp_path / "hyperv").mkdir()
+    pool = KvpPool(tmp_path / "hyperv" / ".kvp_pool_1", boot=lambda: boot[0])
+    assert pool.write([("first", "1")])
+    boot[0] = time.time() + 3600  # the clock was stepped forward: btime moves with it
+    assert pool.write([("second", "2")])
+    assert [r.key for r in pool.read()] == ["first", "second"]
+
+
 def test_fresh_pool_is_kept(tmp_path: Path) -> None:
     pool = pool_in(tmp_path, boot=time.time() - 60)
     pool.path.write_bytes(b"".join(encode("earlier-this-boot", "x")))  # e.g. cloud-init's records
@@ -164,6 +187,14 @@ def test_unknown_boot_time_never_truncates(tmp_path: Path) -> None:
     os.utime(pool.path, (1.0, 1.0))
     assert pool.write([("ours", "1")])
     assert [r.key for r in pool.read()] == ["kept", "ours"]
+
+
+def test_torn_record_at_the_end_is_cut_before_appending(tmp_path: Path) -> None:
+    pool = pool_in(tmp_path, boot=None)
+    pool.path.write_bytes(b"".join(encode("whole", "x")) + b"torn-half-record")
+    assert pool.write([("ours", "1")])
+    assert pool.path.stat().st_size == 2 * RECORD_SIZE
+    assert [r.key for r in pool.read()] == ["whole", "ours"]
 
 
 def test_writer_waits_for_the_flock_of_another_writer(tmp_path: Path) -> None:
@@ -220,3 +251,83 @@ def test_format_pool_shows_rejoined_entries(tmp_path: Path) -> None:
     assert text.splitlines()[0].endswith("3 records, 2 entries")
     assert "PROVISIONING_REPORT" in text and "long (2 parts)" in text and "é" * 700 in text
     assert "no KVP pool" in format_pool(tmp_path / "missing")
+
+
+def _writer_process(path: str, name: str, count: int) -> None:
+    pool = KvpPool(Path(path), boot=lambda: 0.0, lock_wait=30.0)
+    for i in range(count):
+        assert pool.write([(f"{name}-{i}", f"{name}:{i}:" + "ß" * 1200)])  # 2.4 KB: three parts each
+
+
+def test_concurrent_writers_never_interleave_the_parts_of_a_value(tmp_path: Path) -> None:
+    import multiprocessing
+
+    pool = pool_in(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer_process, args=(str(pool.path), f"w{n}", 25)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    records = pool.read()
+    assert len(records) == 100 and all(r.parts == 3 for r in records)
+    assert all(r.value == f"{r.key.replace('-', ':')}:" + "ß" * 1200 for r in records)
+
+
+class PoolMachine(RuleBasedStateMachine):
+    """Writes, reboots and torn tails in any order: the pool always decodes to what this boot wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="kvp-machine-"))
+        self.boot = time.time() - 60
+        self.pool = self.new_process()
+        self.model: list[tuple[str, str]] = []
+        self.stale = False
+
+    @rule(items=st.lists(st.tuples(KEYS, TEXT), min_size=1, max_size=3))
+    def write(self, items: list[tuple[str, str]]) -> None:
+        assert self.pool.write(items)
+        self.model = ([] if self.stale else self.model) + items
+        self.stale = False
+
+    def new_process(self) -> KvpPool:
+        return KvpPool(self.dir / ".kvp_pool_1", boot=lambda: self.boot)
+
+    @rule()
+    def reboot(self) -> None:
+        if self.pool.path.exists():
+            os.utime(self.pool.path, (self.boot - 30, self.boot - 30))  # last written in an earlier boot
+            self.stale = True
+        self.pool = self.new_process()
+
+    @rule()
+    def rerun_in_the_same_boot(self) -> None:
+        self.pool = self.new_process()
+
+    @rule(tail=st.binary(min_size=1, max_size=RECORD_SIZE - 1))
+    def tear(self, tail: bytes) -> None:
+        if self.pool.path.exists():
+            mtime = self.pool.path.stat().st_mtime
+            with open(self.pool.path, "ab") as f:
+                f.write(tail)
+            os.utime(self.pool.path, (mtime, mtime))  # a torn write does not make a stale pool fresh
+
+    @invariant()
+    def decodes_to_the_model(self) -> None:
+        if not self.pool.path.exists():
+            assert self.model == []
+            return
+        expected = [] if self.stale else self.model
+        got = [(r.key, r.value) for r in decode_pool(self.pool.path.read_bytes())]
+        if self.stale:  # not yet truncated: still shows the earlier boot until this boot writes
+            return
+        assert got == expected
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+PoolMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None)
+test_pool_state_machine = PoolMachine.TestCase

@@ -85,3 +85,10 @@ def test_peer_fixture_parses_with_the_same_reader() -> None:
     parsed = report_fields(doc["details"]["description"])
     assert parsed["result"] == "error" and parsed["reason"] == "failed to load sshd config"
     assert parsed["documentation_url"] == DOCUMENTATION_URL
+
+
+@given(st.text(), st.dictionaries(KEY, st.text(), max_size=4))
+def test_report_is_always_valid_utf8(reason: str, data: dict[str, str]) -> None:
+    text = failure_report(reason, data, "vm", TS)
+    text.encode("utf-8")  # strict: lone surrogates were replaced
+    assert len(text) <= MAX_DESCRIPTION
