@@ -110,6 +110,11 @@ def main():
         "journal": sh("journalctl", "-b", "-u", unit, "-o", "short-monotonic", "--no-pager")[1],
         "timings_warm": timings(),
     }
+    if "azprov_boot_test.clean=1" in cmdline.split():
+        # The image builder's step before capture (README "Baking it into an image").
+        code, text = sh(AZPROV, "clean", "--machine-id")
+        report["clean"] = {"exit": code, "output": text, "machine_id_after": open("/etc/machine-id").read().strip(),
+                           "state_dir_after": sorted(os.listdir("/var/lib/azprov"))}
     os.makedirs(OUT_DIR, mode=0o700, exist_ok=True)
     n = len([f for f in os.listdir(OUT_DIR) if f.startswith("report-")]) + 1
     text = json.dumps(report, indent=1)

@@ -363,7 +363,8 @@ class Scenario:
 
 
 def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
-    """Scenarios 1, 3 and 4 on one disk: first boot, reboot, then a new VM from the same disk."""
+    """Scenarios 1, 3, 4 and 7 on one disk: first boot, reboot, a new VM from the same disk, then
+    `azprov clean` and a boot of the "captured" disk."""
     out: list[Scenario] = []
     vm1 = str(uuid.uuid4())
     with WatchedFabric(computer_name="web-01", vm_id=vm_id_for(vm1)) as fab:
@@ -396,6 +397,27 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
     s4 = Scenario("new VM from the same disk (-uuid changed)", [b4])
     out.append(s4)
     run_checks(s4, lambda: expect_provisioned(b4, "web-02", vm_id_for(vm2)))
+
+    # 7: the image builder's workflow: `azprov clean --machine-id` on the provisioned VM, "capture", and a VM
+    # from that image (same SMBIOS UUID here, so only the clean can make it provision again).
+    with WatchedFabric(computer_name="web-02", vm_id=vm_id_for(vm2)) as fab:
+        b7 = m.boot("7-clean", fab, vm2, extra_cmdline="azprov_boot_test.clean=1")
+    with WatchedFabric(computer_name="web-03", vm_id=vm_id_for(vm2)) as fab:
+        b7b = m.boot("7-after-clean", fab, vm2)
+    s7 = Scenario("azprov clean --machine-id, then boot the captured disk", [b7, b7b])
+    out.append(s7)
+
+    def clean_checks() -> None:
+        cleaned = (b7.report or {}).get("clean") or {}
+        check(cleaned.get("exit") == 0, "clean: exit status", cleaned)
+        check(cleaned.get("machine_id_after") in ("uninitialized", ""), "clean: machine-id not reset", cleaned)
+        check(not b7.fabric_entries, "clean: the provisioned VM's boot talked to the fabric", _routes(b7))
+        expect_provisioned(b7b, "web-03", vm_id_for(vm2))
+        new_id = (b7b.report or {}).get("machine_id")
+        check(new_id not in (None, "", "uninitialized", (b7.report or {}).get("machine_id")),
+              "clean: the captured VM kept the old machine-id", new_id)
+        s7.notes["clean_output"] = cleaned.get("output")
+    run_checks(s7, clean_checks)
     return out
 
 
