@@ -80,7 +80,8 @@ def say(msg: str) -> None:
 
 # ---- preflight ---------------------------------------------------------------------------------------------
 def missing_tools() -> list[str]:
-    tools = ["qemu-system-x86_64", "debootstrap", "mkfs.ext4", "debugfs", "e2fsck", "chroot", "make"]
+    tools = ["qemu-system-x86_64", "debootstrap", "mkfs.ext4", "debugfs", "e2fsck", "chroot", "make", "systemctl",
+             "systemd-analyze"]
     missing = [t for t in tools if shutil.which(t) is None]
     if os.geteuid() != 0:
         missing.append("root (debootstrap and chroot need it)")
