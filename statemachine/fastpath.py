@@ -58,11 +58,23 @@ def layer_paths(explicit: str | None) -> list[str]:
     return layers
 
 
+_S_IFMT, _S_IFREG = 0o170000, 0o100000  # stat.S_ISREG without importing stat
+MAX_LAYER = 1 << 20  # = config.MAX_FILE
+
+
 def read_layers(paths: Sequence[str]) -> list[list[str]]:
+    """Every layer's text. Only regular files, opened without blocking and read up to a cap: a FIFO would
+    hang the boot here and /dev/zero never ends (anything odd raises, and the full CLI says exit 78)."""
     layers = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            layers.append([path, f.read()])
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if os.fstat(fd).st_mode & _S_IFMT != _S_IFREG:
+                raise ValueError(f"{path} is not a regular file")
+            data = f.read(MAX_LAYER + 1)
+        if len(data) > MAX_LAYER:
+            raise ValueError(f"{path} is too large")
+        layers.append([path, data.decode("utf-8")])
     return layers
 
 

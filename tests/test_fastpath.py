@@ -33,6 +33,7 @@ def provisioned(vm: Env) -> Env:
 def test_constants_match_the_modules_they_mirror() -> None:
     assert fastpath.STATE_FILE == persistence.STATE_FILE
     assert fastpath.DEFAULT_STATE_DIR == config.PathsConfig().state_dir
+    assert fastpath.MAX_LAYER == config.MAX_FILE
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -27,7 +27,7 @@ from pathlib import Path
 SUITE = "bookworm"
 PACKAGES = (
     "systemd-sysv", "systemd", "udev", "dbus", "python3", "python3-venv", "linux-image-amd64",
-    "initramfs-tools", "iproute2", "curl", "ca-certificates",
+    "initramfs-tools", "iproute2", "curl", "ca-certificates", "openssh-server", "sudo",
 )
 # Only what the guest needs to find its root disk and network; a small initrd unpacks faster under TCG.
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic")
@@ -85,7 +85,10 @@ def run(cmd: list[str], log: Path | None = None, **kw: object) -> None:
 def build_base(cache: Path, log: Path) -> Path:
     """Debootstrap the base tree once into `cache/base`; reuse it when its stamp is present."""
     base = cache / "base"
-    if (base / ".complete").exists():
+    stamp = base / ".complete"
+    # The stamp names what was built: a changed package list rebuilds instead of testing a stale guest.
+    want = f"{SUITE} {','.join(PACKAGES)}\n"
+    if stamp.exists() and stamp.read_text().partition("\n")[2] == want:
         return base
     if base.exists():
         shutil.rmtree(base)
@@ -94,7 +97,7 @@ def build_base(cache: Path, log: Path) -> Path:
     run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", "--components=main",
          SUITE, str(base), mirror], log=log)
     _configure_base(base, log)
-    (base / ".complete").write_text(f"{SUITE} {mirror}\n")
+    stamp.write_text(f"{mirror}\n{want}")
     return base
 
 

@@ -64,6 +64,31 @@ def timings():
     return out
 
 
+def account(user):
+    """What the user and ssh_keys steps left behind (None where absent)."""
+    def stat(path):
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return None
+        return {"mode": oct(st.st_mode & 0o7777), "uid": st.st_uid, "gid": st.st_gid}
+
+    code, passwd = sh("getent", "passwd", user)
+    if code != 0:
+        return None
+    home = passwd.strip().split(":")[5]
+    keys_path = os.path.join(home, ".ssh", "authorized_keys")
+    try:
+        with open(keys_path) as f:
+            keys = f.read()
+    except OSError:
+        keys = None
+    return {"passwd": passwd.strip(), "id": sh("id", user)[1].strip(), "home": stat(home),
+            "ssh_dir": stat(os.path.join(home, ".ssh")), "authorized_keys": stat(keys_path), "keys": keys,
+            "shadow_locked": sh("passwd", "-S", user)[1].split()[1:2] == ["L"],
+            "sudoers": sorted(os.listdir("/etc/sudoers.d")) if os.path.isdir("/etc/sudoers.d") else None}
+
+
 def main():
     unit = sys.argv[1]
     with open("/proc/cmdline") as f:
@@ -79,10 +104,17 @@ def main():
         "machine_id": open("/etc/machine-id").read().strip(),
         "product_uuid": open("/sys/class/dmi/id/product_uuid").read().strip(),
         "props": unit_props(unit),
+        "ssh_props": unit_props("ssh.service"),
+        "account": account("azureuser"),
         "status": azprov_status(),
         "journal": sh("journalctl", "-b", "-u", unit, "-o", "short-monotonic", "--no-pager")[1],
         "timings_warm": timings(),
     }
+    if "azprov_boot_test.clean=1" in cmdline.split():
+        # The image builder's step before capture (README "Baking it into an image").
+        code, text = sh(AZPROV, "clean", "--machine-id")
+        report["clean"] = {"exit": code, "output": text, "machine_id_after": open("/etc/machine-id").read().strip(),
+                           "state_dir_after": sorted(os.listdir("/var/lib/azprov"))}
     os.makedirs(OUT_DIR, mode=0o700, exist_ok=True)
     n = len([f for f in os.listdir(OUT_DIR) if f.startswith("report-")]) + 1
     text = json.dumps(report, indent=1)

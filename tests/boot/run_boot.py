@@ -21,11 +21,13 @@ Run: `sudo python3 tests/boot/run_boot.py [--scenario NAME ...] [--no-seed] [--r
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -78,7 +80,8 @@ def say(msg: str) -> None:
 
 # ---- preflight ---------------------------------------------------------------------------------------------
 def missing_tools() -> list[str]:
-    tools = ["qemu-system-x86_64", "debootstrap", "mkfs.ext4", "debugfs", "e2fsck", "chroot", "make"]
+    tools = ["qemu-system-x86_64", "debootstrap", "mkfs.ext4", "debugfs", "e2fsck", "chroot", "make", "systemctl",
+             "systemd-analyze"]
     missing = [t for t in tools if shutil.which(t) is None]
     if os.geteuid() != 0:
         missing.append("root (debootstrap and chroot need it)")
@@ -233,8 +236,45 @@ def _fmt(seconds: float | None) -> str:
 
 
 # ---- building the images --------------------------------------------------------------------------------------
-def build_images(work: Path, log: Path, with_seed: bool) -> dict[str, Path]:
-    """The azprov image (and the seed-unit image): disks made from the cached base, installed as users do."""
+# Diagnostic variant: the same unit with its sandbox switched off by a drop-in, to measure what it costs.
+UNHARDENED = """[Service]
+ProtectSystem=no
+PrivateTmp=no
+PrivateMounts=no
+DevicePolicy=auto
+DeviceAllow=
+CapabilityBoundingSet=
+NoNewPrivileges=no
+IPAddressDeny=
+IPAddressAllow=
+RestrictAddressFamilies=
+LockPersonality=no
+MemoryDenyWriteExecute=no
+ProtectClock=no
+ProtectControlGroups=no
+ProtectKernelLogs=no
+ProtectKernelModules=no
+ProtectKernelTunables=no
+ProtectProc=default
+RestrictNamespaces=no
+RestrictRealtime=no
+RestrictSUIDSGID=no
+RemoveIPC=no
+SystemCallArchitectures=
+SystemCallFilter=
+"""
+
+
+FULL_CONFIG = """# boot test: full provisioning (issue 5's steps)
+[configure]
+steps = ["hostname", "user", "ssh_keys"]
+"""
+
+
+def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False,
+                 full: bool = False) -> dict[str, Path]:
+    """The azprov image and its variants (unhardened, full provisioning) and the seed-unit image: disks made
+    from the cached base, azprov installed as users do; each variant is the same tree plus one file."""
     base = guest.build_base(CACHE, log)
     wheelhouse = work / "wheelhouse"
     guest.run(["make", "-C", str(REPO), "wheelhouse", f"WHEELHOUSE={wheelhouse}"], log=log)
@@ -245,6 +285,17 @@ def build_images(work: Path, log: Path, with_seed: bool) -> dict[str, Path]:
     guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
     add_report_unit(rootfs, "azprov.service", log)
     images["azprov"] = guest.make_disk(rootfs, work / "image-azprov.img")
+    if unhardened:
+        dropin = rootfs / "etc/systemd/system/azprov.service.d"
+        dropin.mkdir(parents=True)
+        (dropin / "unhardened.conf").write_text(UNHARDENED)
+        images["azprov-unhardened"] = guest.make_disk(rootfs, work / "image-azprov-unhardened.img")
+        shutil.rmtree(dropin)
+    if full:
+        conf = rootfs / "etc/azprov/azprov.toml.d"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "50-boot-test.toml").write_text(FULL_CONFIG)
+        images["azprov-full"] = guest.make_disk(rootfs, work / "image-azprov-full.img")
     if with_seed:
         script, unit = seed.load()
         seed.install(rootfs_seed := guest.prepare_rootfs(base, work / "rootfs-seed"), script, unit)
@@ -313,7 +364,8 @@ class Scenario:
 
 
 def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
-    """Scenarios 1, 3 and 4 on one disk: first boot, reboot, then a new VM from the same disk."""
+    """Scenarios 1, 3, 4 and 7 on one disk: first boot, reboot, a new VM from the same disk, then
+    `azprov clean` and a boot of the "captured" disk."""
     out: list[Scenario] = []
     vm1 = str(uuid.uuid4())
     with WatchedFabric(computer_name="web-01", vm_id=vm_id_for(vm1)) as fab:
@@ -323,6 +375,7 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
 
     def first_checks() -> None:
         expect_provisioned(b1, "web-01", vm_id_for(vm1))
+        expect_ssh_after(b1)
         check(len([e for e in b1.fabric_entries if e.get("health_state") == "Ready"]) == 1,
               "first boot: exactly one Ready POST", _routes(b1))
     run_checks(s1, first_checks)
@@ -345,7 +398,82 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
     s4 = Scenario("new VM from the same disk (-uuid changed)", [b4])
     out.append(s4)
     run_checks(s4, lambda: expect_provisioned(b4, "web-02", vm_id_for(vm2)))
+
+    # 7: the image builder's workflow: `azprov clean --machine-id` on the provisioned VM, "capture", and a VM
+    # from that image (same SMBIOS UUID here, so only the clean can make it provision again).
+    with WatchedFabric(computer_name="web-02", vm_id=vm_id_for(vm2)) as fab:
+        b7 = m.boot("7-clean", fab, vm2, extra_cmdline="azprov_boot_test.clean=1")
+    with WatchedFabric(computer_name="web-03", vm_id=vm_id_for(vm2)) as fab:
+        b7b = m.boot("7-after-clean", fab, vm2)
+    s7 = Scenario("azprov clean --machine-id, then boot the captured disk", [b7, b7b])
+    out.append(s7)
+
+    def clean_checks() -> None:
+        cleaned = (b7.report or {}).get("clean") or {}
+        check(cleaned.get("exit") == 0, "clean: exit status", cleaned)
+        check(cleaned.get("machine_id_after") in ("uninitialized", ""), "clean: machine-id not reset", cleaned)
+        check(not b7.fabric_entries, "clean: the provisioned VM's boot talked to the fabric", _routes(b7))
+        expect_provisioned(b7b, "web-03", vm_id_for(vm2))
+        new_id = (b7b.report or {}).get("machine_id")
+        check(new_id not in (None, "", "uninitialized", (b7.report or {}).get("machine_id")),
+              "clean: the captured VM kept the old machine-id", new_id)
+        s7.notes["clean_output"] = cleaned.get("output")
+    run_checks(s7, clean_checks)
     return out
+
+
+def expect_ssh_after(boot: Boot) -> None:
+    """Before=ssh.service: sshd started only once azprov had finished."""
+    report = boot.report or {}
+    done = int(report.get("props", {}).get("ActiveEnterTimestampMonotonic") or 0)
+    ssh = report.get("ssh_props", {})
+    ssh_start = int(ssh.get("InactiveExitTimestampMonotonic") or 0)
+    check(done > 0 and ssh_start >= done, f"{boot.name}: ssh.service started before azprov finished",
+          {"azprov_done_us": done, "ssh": ssh})
+
+
+def full_provisioning(image: Path, m: Machine) -> Scenario:
+    """Scenario 6: steps hostname, user, ssh_keys through the real unit and its sandbox: the admin user
+    exists in the sudo group, its key is installed 0600 in a 0700 ~/.ssh it owns, sshd starts after."""
+    vm = str(uuid.uuid4())
+    key = ssh_key_line()
+    doc = {"compute": {"name": "web-full", "vmId": vm_id_for(vm), "location": "westeurope",
+                       "osProfile": {"computerName": "web-full", "adminUsername": "azureuser",
+                                     "disablePasswordAuthentication": "true"},
+                       "publicKeys": [{"keyData": key, "path": "/home/azureuser/.ssh/authorized_keys"}]},
+           "network": {"interface": []}}
+    with WatchedFabric(computer_name="web-full", vm_id=vm_id_for(vm), imds_document=doc) as fab:
+        b = m.boot("6-full-provisioning", fab, vm)
+    s = Scenario("full provisioning: hostname, user, ssh_keys", [b])
+
+    def checks() -> None:
+        status = expect_provisioned(b, "web-full", vm_id_for(vm))
+        steps = status.get("steps", {})
+        check(all(steps.get(n, {}).get("status") == "done" for n in ("hostname", "user", "ssh_keys")),
+              "full: every step done", steps)
+        acct = (b.report or {}).get("account")
+        check(acct is not None, "full: azureuser does not exist")
+        assert acct is not None
+        uid = int(acct["passwd"].split(":")[2])
+        check("(sudo)" in acct["id"], "full: azureuser not in sudo", acct["id"])
+        check(acct["ssh_dir"] == {"mode": "0o700", "uid": uid, "gid": acct["ssh_dir"]["gid"]}, "full: ~/.ssh",
+              acct["ssh_dir"])
+        check((acct["authorized_keys"] or {}).get("mode") == "0o600"
+              and (acct["authorized_keys"] or {}).get("uid") == uid, "full: authorized_keys", acct)
+        check(key in (acct["keys"] or ""), "full: key not installed", acct["keys"])
+        check(acct["shadow_locked"], "full: password not locked (disablePasswordAuthentication)", acct)
+        check("azprov-azureuser" in (acct["sudoers"] or []), "full: sudoers drop-in", acct["sudoers"])
+        expect_ssh_after(b)
+        s.notes["steps"] = {n: v.get("result") for n, v in steps.items()}
+    run_checks(s, checks)
+    return s
+
+
+def ssh_key_line() -> str:
+    """A well-formed ssh-ed25519 public key line (random key material)."""
+    name = b"ssh-ed25519"
+    blob = struct.pack(">I", len(name)) + name + struct.pack(">I", 32) + os.urandom(32)
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} boot-test"
 
 
 def expect_unit_ok(boot: Boot) -> None:
@@ -424,14 +552,15 @@ def opt_out(image: Path, m: Machine) -> Scenario:
     return s
 
 
-def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: int) -> Scenario:
+def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: int,
+            variants: tuple[str, ...] = ("azprov", "seed")) -> Scenario:
     """First boots of azprov and of the seed document's unit (script + curl hostname), alternated on fresh
     copies of the same guest, for the timing comparison. azprov is asserted as in scenario 1; the seed is
     measured, not asserted (it is what azprov replaces)."""
     boots: list[Boot] = []
-    s = Scenario(f"first boot, azprov vs the seed document's unit (x{repeat}, alternated)", boots)
+    s = Scenario(f"first boot, {' vs '.join(variants)} (x{repeat}, alternated)", boots)
     for i in range(1, repeat + 1):
-        for variant in ("azprov", "seed"):
+        for variant in variants:
             disk = copy_disk(images[variant], work / f"disk-compare-{variant}.img")
             m = Machine(disk=disk, kernel=kernel, work=work, accel=accel())
             vm = str(uuid.uuid4())
@@ -443,7 +572,7 @@ def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: i
                 b = m.boot(f"compare-{name}", fab, vm)
             boots.append(b)
             disk.unlink()
-            if variant == "azprov":
+            if variant.startswith("azprov"):
                 def checks(b: Boot = b, name: str = name, vm: str = vm) -> None:
                     expect_provisioned(b, name, vm_id_for(vm))
                 run_checks(s, checks)
@@ -451,8 +580,8 @@ def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: i
                     return s
             else:
                 s.notes.setdefault("seed_hostname_set", []).append((b.report or {}).get("hostname") == name)
-    for variant in ("azprov", "seed"):
-        times = sorted(t for b in boots if b.name.startswith(f"compare-{variant}-") and (t := b.ready_at()))
+    for variant in variants:
+        times = sorted(t for b in boots if b.name.rsplit("-", 1)[0] == f"compare-{variant}" and (t := b.ready_at()))
         s.notes[f"{variant}_ready_s"] = [round(t, 2) for t in times]
         if times:
             s.notes[f"{variant}_ready_median_s"] = round(times[len(times) // 2], 2)
@@ -495,7 +624,29 @@ def boot_doc(b: Boot) -> dict[str, Any]:
             "unit_start_guest_s": _usec(props.get("InactiveExitTimestampMonotonic")),
             "unit_done_guest_s": done,
             "unit": {k: props.get(k) for k in ("ActiveState", "SubState", "Result", "ConditionResult")},
-            "host_load_1min": list(b.host_load), "timings_warm": report.get("timings_warm")}
+            "host_load_1min": list(b.host_load), "timings_warm": report.get("timings_warm"),
+            "guest_timeline_s": guest_timeline(report.get("journal") or "")}
+
+
+# Journal messages that mark azprov's progress (its log lines; the unit's start/finish come from systemd).
+MILESTONES = {"unit starting": "Starting ", "azprov running": "azprov: starting",
+              "fast path (already provisioned)": "already provisioned", "wireserver reachable": "WireServer reachable",
+              "goal state received": "goal state received", "ready reported": "reported Ready",
+              "hostname set": "hostname set", "unit finished": "Finished "}
+_JOURNAL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]\s(.*)$")
+
+
+def guest_timeline(journal: str) -> dict[str, float]:
+    """Pure: seconds since the guest kernel started at which each milestone first shows in the journal."""
+    found: dict[str, float] = {}
+    for line in journal.splitlines():
+        m = _JOURNAL_LINE.match(line)
+        if not m:
+            continue
+        for name, needle in MILESTONES.items():
+            if name not in found and needle in m.group(2):
+                found[name] = float(m.group(1))
+    return {k: round(v, 2) for k, v in sorted(found.items(), key=lambda kv: kv[1])}
 
 
 def _round(v: float | None) -> float | None:
@@ -534,11 +685,11 @@ def markdown(doc: dict[str, Any]) -> str:
                          f"| {b['host_load_1min'][0]:.1f}–{b['host_load_1min'][1]:.1f} |")
     for s in doc["scenarios"]:
         notes = s["notes"]
-        if "azprov_ready_s" in notes:
-            lines += ["", "QEMU start → Ready accepted, first boots alternated on fresh disks: azprov "
-                      f"{notes['azprov_ready_s']} s (median {notes.get('azprov_ready_median_s', '-')}), "
-                      f"the seed document's unit {notes.get('seed_ready_s')} s "
-                      f"(median {notes.get('seed_ready_median_s', '-')})."]
+        runs = [(k[: -len("_ready_s")], v) for k, v in notes.items() if k.endswith("_ready_s")]
+        if runs:
+            parts = [f"{name} {times} s (median {notes.get(name + '_ready_median_s', '-')})" for name, times in runs]
+            lines += ["", "QEMU start → Ready accepted, first boots alternated on fresh disks: "
+                      + "; ".join(parts) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -551,7 +702,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
-SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "compare")
+SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "full-provisioning", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -560,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these (default: all; 'first-boot-chain' is scenarios 1, 3 and 4)")
     p.add_argument("--no-compare", action="store_true", help="skip the timing comparison with the seed's unit")
     p.add_argument("--repeat", type=int, default=1, help="first boots per variant in the comparison")
+    p.add_argument("--unhardened", action="store_true",
+                   help="add to the comparison azprov with its sandbox switched off (diagnostic)")
     p.add_argument("--record", action="store_true",
                    help="also write docs/boot-results.json and docs/boot-results.md in the repository")
     p.add_argument("--work", type=Path, help="work directory (default: a new one under the cache)")
@@ -573,13 +726,14 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "build.log"
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
-    images = build_images(work, log, with_seed="compare" in chosen and seed.available())
+    images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
+                          unhardened=args.unhardened, full="full-provisioning" in chosen)
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
     scenarios: list[Scenario] = []
     runners: dict[str, Callable[[Path, Machine], Any]] = {
         "first-boot-chain": first_boot_chain, "power-cut": power_cut, "power-cut-imds": power_cut_imds,
-        "opt-out": opt_out}
+        "opt-out": opt_out, "full-provisioning": full_provisioning}
     for name in chosen:
         if name == "compare" and "seed" not in images:
             say(f"{name}: skipped (the seed document is not at {seed.SEED_DIR})")
@@ -587,9 +741,11 @@ def main(argv: list[str] | None = None) -> int:
         disk = work / f"disk-{name}.img"
         try:
             if name == "compare":
-                got = compare(images, work, kernel, args.repeat)
+                variants = ("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
+                got = compare(images, work, kernel, args.repeat, variants)
             else:
-                machine = Machine(disk=copy_disk(images["azprov"], disk), kernel=kernel, work=work, accel=accel())
+                image = images["azprov-full" if name == "full-provisioning" else "azprov"]
+                machine = Machine(disk=copy_disk(image, disk), kernel=kernel, work=work, accel=accel())
                 got = runners[name](disk, machine)
         except BootTestError as e:
             got = Scenario(name, [], error=str(e))
