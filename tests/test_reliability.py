@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from fakefabric import FakeFabric
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scenarios import (
     FAST,
     FAULTS,
@@ -18,6 +20,7 @@ from scenarios import (
     Env,
     Fault,
     crash_matrix,
+    crash_points,
     read_record,
     run_crash,
     run_fault,
@@ -171,3 +174,26 @@ def test_a_bug_in_saving_does_not_cost_the_ready(nth: int, tmp_path: Path) -> No
         assert out.returncode == 0, out.stdout + out.stderr
         assert "continuing without persistence" in out.stdout
         assert len(fab.ready_reports()) == 1
+
+
+@pytest.mark.slow
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schedule=st.lists(st.tuples(st.sampled_from(crash_points()), st.sampled_from(["kill", "exit"])),
+                         min_size=1, max_size=3))
+def test_any_crash_schedule_then_a_clean_boot_ends_done(schedule: list[tuple[tuple[str, int], str]],
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Several boots in a row, each dying at a random failpoint, then one that is left alone."""
+    with FakeFabric() as fab:
+        vm = Env(tmp_path_factory.mktemp("vm"), fab.url)
+        vm.set("fabric", **FAST)
+        for (point, nth), action in schedule:
+            vm.run(env={"AZPROV_FAILPOINT": f"{point}:{action}@{nth}"})
+            left = read_record(vm)
+            if left is not None:
+                persistence.from_json(left)  # never half-written, whatever the schedule
+        out = vm.run()
+        assert out.returncode == 0 and "Traceback" not in out.stdout + out.stderr, out.stdout
+        assert (read_record(vm) or {})["state"] == "done"
+        ready = [r for r in fab.ready_reports() if r["incarnation"] == fab.incarnation]
+        assert 1 <= len(ready) <= 1 + len(schedule)  # at most one extra Ready per crash in the window
+        assert not list(vm.state_dir.glob(".state.json-*"))
