@@ -55,6 +55,8 @@ class Context:
     deadline: float = float("inf")
     wireserver: WireServerClient | None = None
     imds: ImdsClient | None = None
+    # (clock, goal state) of the last goal state this process fetched: states.goalstate.take_fresh().
+    last_goal_state: tuple[float, Any] | None = None
     telemetry: Telemetry | None = None
 
     def __post_init__(self) -> None:

@@ -42,10 +42,27 @@ def parse_goal_state(body: bytes) -> GoalState:
     return GoalState(incarnation, container_id, instance_id)
 
 
+# A goal state this process fetched less than this long ago is what "fetched right before the POST" means:
+# GOALSTATE's own fetch is milliseconds old when REPORTING posts the Ready, and a 410 still refetches.
+FRESH_S = 1.0
+
+
+def take_fresh(ctx: Context) -> GoalState | None:
+    """The goal state fetched a moment ago by this process, once; None when there is none or it is older
+    than FRESH_S. Saves the REPORTING phase a second GET of what GOALSTATE has just read."""
+    cached, ctx.last_goal_state = ctx.last_goal_state, None
+    if cached is None or ctx.clock() - cached[0] > FRESH_S:
+        return None
+    gs: GoalState = cached[1]
+    return gs
+
+
 def fetch(ctx: Context) -> GoalState:
     body = ctx.wire().get_goal_state()
     try:
-        return parse_goal_state(body)
+        gs = parse_goal_state(body)
+        ctx.last_goal_state = (ctx.clock(), gs)
+        return gs
     except GoalStateError as e:
         # An answer we cannot read (truncated, an intermediary's HTML error page, worse) says nothing
         # lasting about the WireServer: ask again until the phase's budget decides, as for a 5xx. Failing

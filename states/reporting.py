@@ -1,7 +1,8 @@
 """REPORTING: tell the platform the VM is Ready (or, from the failure path, NotReady/ProvisioningFailed).
 
-Always fetches a fresh goal state right before the POST (a stale incarnation earns 410 Gone), and on 410
-fetches again and re-posts at once. Ready counts as reported only after the WireServer's 200: a marker
+Always posts with a fresh goal state (a stale incarnation earns 410 Gone): the one GOALSTATE fetched
+milliseconds before, or a new GET when that is over a second old or the POST is a retry; on 410 it fetches
+again and re-posts at once. Ready counts as reported only after the WireServer's 200: a marker
 written earlier would let a crash in between leave a VM that never reports Ready.
 The health XML is built with lxml from a pure function; `parse_health` exists for tests and the fake fabric.
 With `fabric.health_protocol = "provisioning"` the report goes as JSON to `/provisioning/health` instead
@@ -97,15 +98,17 @@ def failure_description(error: AgentError, vm_id: str | None, timestamp: str) ->
 
 def post(ctx: Context, state: str, substatus: str | None = None,
          description: str | None = None) -> GoalState | None:
-    """Fresh goal state, then POST; on 410 do both again. Returns the goal state the 200 was for (None for
-    the JSON protocol, which names none)."""
+    """Fresh goal state (GOALSTATE's when under a second old), then POST; on 410 fetch and post again.
+    Returns the goal state the 200 was for (None for the JSON protocol, which names none)."""
     if ctx.config.fabric.health_protocol == "provisioning":  # errors go to the runner's retry policy
         from states import reporting_json  # only for this protocol: not on the default path's start-up
 
         ctx.wire().post_provisioning_health(reporting_json.render_provisioning_health(state, substatus, description))
         return None
+    fresh = goalstate.take_fresh(ctx)  # GOALSTATE's, milliseconds old: no second GET for the first POST
     for _ in range(MAX_GONE):
-        gs = goalstate.fetch(ctx)
+        gs = fresh or goalstate.fetch(ctx)
+        fresh = None
         report = HealthReport(gs.incarnation, gs.container_id, gs.instance_id, state, substatus, description)
         try:
             ctx.wire().post_health(render_health(report))

@@ -241,3 +241,17 @@ def test_a_bug_in_a_step_still_tells_the_platform(vm: Env, fabric: FakeFabric) -
     assert out.returncode == 1
     assert "unexpected internal error" in fabric.failure_reports()[0]["description"]
     assert status_json(vm)["last_error"]["data"]["error"] == "FailpointError"
+
+
+def test_the_ready_uses_the_goal_state_just_fetched_and_a_410_fetches_anew(vm: Env, fabric: FakeFabric) -> None:
+    assert vm.run().returncode == 0
+    assert [e["route"] for e in fabric.log] == ["goalstate", "health", "imds"]
+    other = FakeFabric(script={"health": [{"action": "bump"}]}).start()
+    try:
+        again = Env(vm.tmp / "second", other.url)
+        assert again.run().returncode == 0
+        assert [(e["route"], e["status"]) for e in other.log] == [
+            ("goalstate", 200), ("health", 410), ("goalstate", 200), ("health", 200), ("imds", 200)]
+        assert other.ready_reports()[0]["incarnation"] == "2"
+    finally:
+        other.stop()

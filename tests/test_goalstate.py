@@ -94,3 +94,20 @@ def test_bad_goal_states(body: bytes, reason: str) -> None:
 def test_utf16_with_bom_is_read() -> None:
     text = '<?xml version="1.0" encoding="utf-16"?>' + MINIMAL.decode().replace("{inc}", "4")
     assert parse_goal_state(text.encode("utf-16")).incarnation == "4"
+
+
+def test_a_goal_state_is_reused_once_and_only_while_fresh() -> None:
+    from statemachine.config import Config
+    from statemachine.context import Context
+    from states import goalstate
+
+    now = [100.0]
+    ctx = Context(Config(), clock=lambda: now[0])
+    gs = GoalState("1", "c", "i")
+    ctx.last_goal_state = (100.0, gs)
+    now[0] = 100.0 + goalstate.FRESH_S / 2
+    assert goalstate.take_fresh(ctx) == gs
+    assert goalstate.take_fresh(ctx) is None  # once: a retried or second POST fetches anew
+    ctx.last_goal_state = (100.0, gs)
+    now[0] = 100.0 + goalstate.FRESH_S * 2
+    assert goalstate.take_fresh(ctx) is None
