@@ -64,6 +64,18 @@ def timings():
     return out
 
 
+def dbus_machine_id():
+    """systemd seeds a first boot's machine id from this file when it is a regular file (not a symlink)."""
+    path = "/var/lib/dbus/machine-id"
+    if os.path.islink(path):
+        return {"symlink": os.readlink(path)}
+    try:
+        with open(path) as f:
+            return {"file": f.read().strip()}
+    except OSError:
+        return None
+
+
 def account(user):
     """What the user and ssh_keys steps left behind (None where absent)."""
     def stat(path):
@@ -102,6 +114,7 @@ def main():
         "hostname": socket.gethostname(),
         "etc_hostname": open("/etc/hostname").read().strip(),
         "machine_id": open("/etc/machine-id").read().strip(),
+        "dbus_machine_id": dbus_machine_id(),
         "product_uuid": open("/sys/class/dmi/id/product_uuid").read().strip(),
         "props": unit_props(unit),
         "ssh_props": unit_props("ssh.service"),
@@ -114,6 +127,7 @@ def main():
         # The image builder's step before capture (README "Baking it into an image").
         code, text = sh(AZPROV, "clean", "--machine-id")
         report["clean"] = {"exit": code, "output": text, "machine_id_after": open("/etc/machine-id").read().strip(),
+                           "dbus_machine_id_after": dbus_machine_id(),
                            "state_dir_after": sorted(os.listdir("/var/lib/azprov"))}
     os.makedirs(OUT_DIR, mode=0o700, exist_ok=True)
     n = len([f for f in os.listdir(OUT_DIR) if f.startswith("report-")]) + 1
