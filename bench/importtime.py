@@ -1,6 +1,6 @@
 """Where azprov's start-up time goes: `python -X importtime` of real runs, grouped by top-level package.
 
-    python bench/importtime.py LABEL     # e.g. "before" / "after"; writes bench/raw/importtime-LABEL.json
+    python bench/importtime.py [--build before=VENV]   # writes bench/raw/importtime-<label>.json
 
 Measures, in the benchmark's azprov venv (bench/cache/azprov-venv, a regular install of this tree):
 - a full provisioning run against the loopback fake fabric (P2's work),
@@ -47,6 +47,50 @@ print(time.perf_counter() - t, spent[0], spent[1])
 """
 
 
+LEAN = ("import gc, sys, warnings; gc.disable(); sys.modules['charset_normalizer'] = None; "
+        "sys.modules['chardet'] = None; warnings.filterwarnings('ignore', message='Unable to find acceptable'); "
+        "import requests, lxml.etree, transitions; ")
+AZPROV_MODULES = ("statemachine.cli, statemachine.runner, statemachine.fabric, statemachine.machine, "
+                  "states.configuring, states.goalstate, states.reporting, states.network_wait, "
+                  "states.configure.hostname")
+DECOMPOSITION = (  # label, what it shows
+    ("floor", "`import requests, lxml.etree, transitions` (the P2 reference)"),
+    ("lean_floor", "the same with every start-up trick azprov uses: gc off, no charset detector, frozen at exit"),
+    ("lean_floor_plus_modules", "lean floor + importing azprov's modules on the P2 path (no work done)"),
+    ("azprov_run", "a whole azprov provisioning run (P2)"),
+)
+
+
+def cpu_of(argv: list[str]) -> tuple[float, float]:
+    """(wall, CPU user+system) seconds of one child run."""
+    import os
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=run.child_env())
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{argv} exited {status}")
+    return time.monotonic() - t0, usage.ru_utime + usage.ru_stime
+
+
+def decompose(python: str, azprov: str, repeat: int = 15) -> dict[str, dict[str, float]]:
+    """Where P2's time goes, as CPU: each step adds one thing to the one before, interleaved runs."""
+    samples: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in DECOMPOSITION}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeat):
+            samples["floor"].append(cpu_of([python, "-c", "import requests, lxml.etree, transitions"]))
+            samples["lean_floor"].append(cpu_of([python, "-c", LEAN + "gc.freeze()"]))
+            samples["lean_floor_plus_modules"].append(
+                cpu_of([python, "-c", LEAN + f"import {AZPROV_MODULES}; gc.freeze()"]))
+            with FakeFabric(computer_name=run.COMPUTER_NAME, vm_id=run.VM_UUID) as fab:
+                config = run.azprov_config(Path(tmp) / f"d{i}", fab.url)
+                samples["azprov_run"].append(cpu_of([azprov, "--config", str(config)]))
+    return {label: {"wall_ms": statistics.median(w for w, _ in v) * 1000,
+                    "cpu_ms": statistics.median(c for _, c in v) * 1000,
+                    "cpu_min_ms": min(c for _, c in v) * 1000} for label, v in samples.items()}
+
+
 def parse(stderr: str) -> dict[str, Any]:
     """Total of the top-level cumulative times, and self time grouped by top-level package (ms)."""
     total = 0
@@ -79,23 +123,28 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return chosen
 
 
-def measure(envs: peers.Environments) -> dict[str, Any]:
-    full, done_path, floor = [], [], []
-    python, azprov = str(envs.azprov_python), str(envs.azprov_bin)
+def measure(builds: dict[str, tuple[str, str]], floor_python: str) -> dict[str, dict[str, Any]]:
+    """builds: label -> (python, azprov script). All builds and the floor are measured in one interleaved
+    loop, so a busy machine weighs on all of them alike."""
+    full: dict[str, list[dict[str, Any]]] = {label: [] for label in builds}
+    done_path: dict[str, list[dict[str, Any]]] = {label: [] for label in builds}
+    floor, gc_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(REPEAT):
-            with FakeFabric(computer_name=run.COMPUTER_NAME, vm_id=run.VM_UUID) as fab:
-                work = Path(tmp) / f"w{i}"
-                config = run.azprov_config(work, fab.url)
-                full.append(importtime([python, azprov, "--config", str(config)]))
-                done_path.append(importtime([python, azprov, "--config", str(config)]))
-            floor.append(importtime([python, "-c", "import requests, lxml.etree, transitions"]))
-    gc_runs = []
-    for _ in range(REPEAT):
-        out = subprocess.run([python, "-c", GC_PROBE], capture_output=True, text=True, check=True).stdout.split()
-        gc_runs.append({"imports_ms": float(out[0]) * 1000, "gc_ms": float(out[1]) * 1000, "collections": int(out[2])})
-    return {"full_run": median_run(full), "done_run": median_run(done_path), "import_floor": median_run(floor),
-            "gc_during_floor_imports": {k: statistics.median(r[k] for r in gc_runs) for k in gc_runs[0]}}
+            for label, (python, azprov) in builds.items():
+                with FakeFabric(computer_name=run.COMPUTER_NAME, vm_id=run.VM_UUID) as fab:
+                    config = run.azprov_config(Path(tmp) / f"{label}-{i}", fab.url)
+                    full[label].append(importtime([python, azprov, "--config", str(config)]))
+                    done_path[label].append(importtime([python, azprov, "--config", str(config)]))
+            floor.append(importtime([floor_python, "-c", "import requests, lxml.etree, transitions"]))
+            out = subprocess.run([floor_python, "-c", GC_PROBE], capture_output=True, text=True,
+                                 check=True).stdout.split()
+            gc_runs.append({"imports_ms": float(out[0]) * 1000, "gc_ms": float(out[1]) * 1000,
+                            "collections": int(out[2])})
+    shared = {"import_floor": median_run(floor),
+              "gc_during_floor_imports": {k: statistics.median(r[k] for r in gc_runs) for k in gc_runs[0]}}
+    return {label: {"full_run": median_run(full[label]), "done_run": median_run(done_path[label]), **shared}
+            for label in builds}
 
 
 def render(raw_dir: Path) -> list[str]:
@@ -114,6 +163,14 @@ def render(raw_dir: Path) -> list[str]:
     cells = [f"{found[lb]['gc_during_floor_imports']['gc_ms']:.1f} ms in "
              f"{found[lb]['gc_during_floor_imports']['collections']:.0f} collections" for lb in labels]
     lines += ["| gc during the floor's imports | " + " | ".join(cells) + " |", ""]
+    decomposition = next((found[lb]["decomposition"] for lb in labels if "decomposition" in found[lb]), None)
+    if decomposition:
+        lines += ["### Where P2's time goes (CPU, median of 15 interleaved runs, current tree)", "",
+                  "| step | what it adds | CPU ms | min | wall ms |", "|---|---|---:|---:|---:|"]
+        for label, what in DECOMPOSITION:
+            d = decomposition[label]
+            lines.append(f"| {label} | {what} | {d['cpu_ms']:.1f} | {d['cpu_min_ms']:.1f} | {d['wall_ms']:.1f} |")
+        lines.append("")
     for lb in labels:
         for key in ("full_run", "done_run"):
             top = ", ".join(f"{name} {ms:.1f}" for name, ms in found[lb][key]["top"][:10])
@@ -124,14 +181,29 @@ def render(raw_dir: Path) -> list[str]:
 
 
 def main() -> int:
-    label = sys.argv[1] if len(sys.argv) > 1 else "current"
+    """importtime.py [--build LABEL=VENV ...]: the current tree's bench venv is "after"; each --build adds a
+    venv holding another build of azprov (e.g. the tree before a change), measured in the same loop."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--build", action="append", default=[], metavar="LABEL=VENV")
+    p.add_argument("--label", default="after", help="label of the current tree's build")
+    args = p.parse_args()
     envs = peers.prepare(HERE / "cache", with_peers=False)
-    result = measure(envs)
-    result.update(commit=run.git_commit(), date=run.time.strftime("%Y-%m-%d %H:%M UTC", run.time.gmtime()))
-    out = HERE / "raw" / f"importtime-{label}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print("\n".join(render(out.parent)))
+    builds = {args.label: (str(envs.azprov_python), str(envs.azprov_bin))}
+    for spec in args.build:
+        label, venv = spec.split("=", 1)
+        builds[label] = (str(Path(venv) / "bin" / "python"), str(Path(venv) / "bin" / "azprov"))
+    results = measure(builds, str(envs.azprov_python))
+    results[args.label]["decomposition"] = decompose(str(envs.azprov_python), str(envs.azprov_bin))
+    stamp = {"commit": run.git_commit(), "date": run.time.strftime("%Y-%m-%d %H:%M UTC", run.time.gmtime())}
+    raw_dir = HERE / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for old in raw_dir.glob("importtime-*.json"):
+        old.unlink()  # one interleaved session at a time: figures from different sessions do not compare
+    for label, result in results.items():
+        (raw_dir / f"importtime-{label}.json").write_text(json.dumps({**result, **stamp}, indent=1) + "\n")
+    print("\n".join(render(raw_dir)))
     return 0
 
 

@@ -35,6 +35,7 @@ class Environments:
     cloudinit_path: Path
     waagent_path: Path
     versions: dict[str, str]
+    before_bin: Path | None = None  # run.py --before-venv: azprov as it was before a change
 
 
 def _run(cmd: list[str], **kw: object) -> str:

@@ -77,7 +77,7 @@ SCENARIOS = {s.key: s for s in [
              script={"goalstate": [{"status": 503, "headers": {"Retry-After": "1"}}] * 3}),
     Scenario("P3c", "health 410 once, incarnation bumped", ("azprov", *PEERS), "ready_s", "Ready <= 0.5 s",
              script={"health": [{"action": "bump"}]}, cap_s=12.0),
-    Scenario("P4", "later boot of a provisioned VM (DONE record)", ("azprov", "python_pass"), "wall_s",
+    Scenario("P4", "later boot of a provisioned VM (DONE record)", ("azprov", "azprov_script", "python_pass"), "wall_s",
              "<= 1.5 x python -c pass", provisioned=True),
 ]}
 
@@ -114,8 +114,9 @@ method = "file"
 
 def make_workdir(base: Path, agent: str, url: str) -> Workdir:
     work = Path(tempfile.mkdtemp(prefix=f"{agent}-", dir=base))
-    config = azprov_config(work, url) if agent == "azprov" else work / "unused"
-    hostname_file = work / "root" / "etc" / "hostname" if agent == "azprov" else work / "hostname"
+    ours = agent.startswith("azprov")
+    config = azprov_config(work, url) if ours else work / "unused"
+    hostname_file = work / "root" / "etc" / "hostname" if ours else work / "hostname"
     return Workdir(work, hostname_file, config)
 
 
@@ -124,6 +125,12 @@ def argv_for(agent: str, envs: peers.Environments, url: str, work: Workdir) -> l
     common = ["--wireserver", url, "--imds", url, "--hostname-file", str(work.hostname_file)]
     if agent == "azprov":
         return [str(envs.azprov_bin), "--config", str(work.config)]
+    if agent == "azprov_before":
+        if envs.before_bin is None:
+            raise ValueError("azprov_before needs --before-venv")
+        return [str(envs.before_bin), "--config", str(work.config)]
+    if agent == "azprov_script":
+        return [str(envs.azprov_python), str(HERE / "azprov_script.py"), "--config", str(work.config)]
     if agent == "seed":
         return [str(envs.peers_python), str(drivers / "seed_driver.py"), *common]
     if agent == "cloudinit":
@@ -143,6 +150,7 @@ def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "pythonpath")}
     env["no_proxy"] = "*"
+    env["AZPROV_CONFIG_DIR"] = "/nonexistent/azprov-bench"  # this machine's /etc/azprov must not leak in
     return env
 
 
@@ -203,7 +211,7 @@ def fabric_for(scenario: Scenario, run: int) -> Iterator[tuple[FakeFabric, dict[
 def measure(scenario: Scenario, agent: str, run: int, envs: peers.Environments, base: Path,
             provisioned: dict[str, Path]) -> dict[str, Any]:
     with fabric_for(scenario, run) as (fab, marks):
-        if scenario.provisioned and agent == "azprov":
+        if scenario.provisioned and agent.startswith("azprov"):
             work = provisioned_workdir(base, envs, provisioned, fab.url)
         else:
             work = make_workdir(base, agent, fab.url)
@@ -242,8 +250,8 @@ def provisioned_workdir(base: Path, envs: peers.Environments, cache: dict[str, P
             raise RuntimeError(f"P4 setup run failed: {(work.path / 'setup.log').read_text()[-800:]}")
         cache["azprov"] = work.path
     work_path = cache["azprov"]
-    config = azprov_config(work_path, url)  # same record; this run's fake URL (it must not be contacted)
-    return Workdir(work_path, work_path / "root" / "etc" / "hostname", config)
+    # The same config file, untouched: a later boot of the same VM (it must not contact the fabric at all).
+    return Workdir(work_path, work_path / "root" / "etc" / "hostname", work_path / "azprov.toml")
 
 
 # ---- statistics and report ---------------------------------------------------------------------------------
@@ -305,41 +313,55 @@ def render(out_dir: Path) -> str:
         lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in json.loads(metas.pop()).items()),
                   f"Machine: {next(iter(raws.values()))['meta']['machine']}" if raws else ""]
     lines.append("")
+    lines += render_targets({k: r["summary"] for k, r in raws.items()})
     for key, raw in raws.items():
         scenario = dataclasses.replace(SCENARIOS[key], agents=tuple(raw["summary"]))
         lines += render_table(scenario, raw["summary"]) + [""]
     if "P2" in raws:
         lines += render_p5(raws["P2"]["summary"]) + [""]
-    lines += render_before_after(out_dir)
     import importtime  # here, not at the top: importtime imports this module
 
     lines += importtime.render(out_dir / "raw")
     return "\n".join(lines) + "\n"
 
 
-def render_before_after(out_dir: Path) -> list[str]:
-    """azprov's own figures from bench/before/raw (the tree before the speed work) next to the current ones."""
-    before_dir = out_dir / "before" / "raw"
-    if not before_dir.is_dir():
-        return []
-    lines = ["## azprov before and after the speed work", "",
-             "`bench/before/` holds a run of the same harness on the tree before the speed commits (azprov and "
-             "the reference floors only). Medians in ms (peak RSS in MiB).", "",
-             "| scenario | metric | agent | before | after |", "|---|---|---|---:|---:|"]
-    for path in sorted(before_dir.glob("P*.json")):
-        after_path = out_dir / "raw" / path.name
-        if not after_path.exists():
-            continue
-        before, after = json.loads(path.read_text()), json.loads(after_path.read_text())
-        scenario = SCENARIOS[path.stem]
-        for agent in before["summary"]:
-            for metric in dict.fromkeys((scenario.metric, "wall_s", "cpu_s", "rss_kib")):
-                b = (before["summary"][agent].get(metric) or {}).get("median")
-                a = ((after["summary"].get(agent) or {}).get(metric) or {}).get("median")
-                if b is None or a is None:
-                    continue
-                fmt = (lambda v: f"{v / 1024:.1f}") if metric == "rss_kib" else ms
-                lines.append(f"| {path.stem} | {metric} | {agent} | {fmt(b)} | {fmt(a)} |")
+def _median(stats: dict[str, dict[str, Any]], agent: str, metric: str) -> float | None:
+    return ((stats.get(agent) or {}).get(metric) or {}).get("median")
+
+
+def render_targets(summaries: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Each target of issue 6, checked against the medians below (wall time, and CPU time where a ratio)."""
+    rows: list[tuple[str, str, float | None, float]] = []  # (scenario, what, measured, limit)
+
+    def ratio(key: str, metric: str, other: str, agent: str = "azprov") -> float | None:
+        ours, theirs = _median(summaries.get(key, {}), agent, metric), _median(summaries.get(key, {}), other, metric)
+        return ours / theirs if ours is not None and theirs else None
+
+    if "P1" in summaries:
+        rows.append(("P1", "Ready after the listen, median (s)", _median(summaries["P1"], "azprov", "after_listen_s"),
+                     0.050))
+    if "P2" in summaries:
+        rows += [("P2", "start→exit ÷ import floor (wall)", ratio("P2", "wall_s", "import_floor"), 1.0),
+                 ("P2", "start→exit ÷ import floor (CPU)", ratio("P2", "cpu_s", "import_floor"), 1.0),
+                 ("P2", "start→exit ÷ cloud-init (wall)", ratio("P2", "wall_s", "cloudinit"), 0.8)]
+    for key, limit in (("P3a", 1.5), ("P3b", 3.5), ("P3c", 0.5)):
+        if key in summaries:
+            rows.append((key, "start→Ready, median (s)", _median(summaries[key], "azprov", "ready_s"), limit))
+    if "P4" in summaries:
+        rows += [("P4", "azprov ÷ python -c pass (wall)", ratio("P4", "wall_s", "python_pass"), 1.5),
+                 ("P4", "azprov ÷ python -c pass (CPU)", ratio("P4", "cpu_s", "python_pass"), 1.5),
+                 ("P4", "plain launcher ÷ python -c pass (wall)",
+                  ratio("P4", "wall_s", "python_pass", "azprov_script"), 1.5),
+                 ("P4", "plain launcher ÷ python -c pass (CPU)",
+                  ratio("P4", "cpu_s", "python_pass", "azprov_script"), 1.5)]
+    if "P2" in summaries:
+        rows.append(("P5", "peak RSS ÷ import floor", ratio("P2", "rss_kib", "import_floor"), 1.1))
+    lines = ["## Targets (issue 6), from the medians below", "", "| | measure | azprov | target | met |",
+             "|---|---|---:|---:|---|"]
+    for key, what, value, limit in rows:
+        shown = "—" if value is None else f"{value:.3f}"
+        met = "—" if value is None else ("yes" if value <= limit else "**no**")
+        lines.append(f"| {key} | {what} | {shown} | ≤ {limit:g} | {met} |")
     return lines + [""]
 
 
@@ -392,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-a", "--agent", action="append", help="only these agents (default: each scenario's)")
     p.add_argument("--cache", type=Path, default=HERE / "cache", help="peers, venvs (default bench/cache)")
     p.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md and raw/ go (default bench/)")
+    p.add_argument("--before-venv", type=Path, help="a venv with azprov as it was before a change: adds the "
+                   "agent azprov_before next to azprov in every scenario, measured in the same runs")
     p.add_argument("--quick", "--smoke", action="store_true",
                    help="azprov alone, one P2 run, no warm-up, no peers; prints JSON, exits 1 unless Ready")
     args = p.parse_args(argv)
@@ -407,10 +431,17 @@ def main(argv: list[str] | None = None) -> int:
     keys = args.scenario or list(SCENARIOS)
     needs_peers = any(a in PEERS for k in keys for a in (args.agent or SCENARIOS[k].agents))
     envs = peers.prepare(args.cache, with_peers=needs_peers)
+    if args.before_venv is not None:
+        envs = dataclasses.replace(envs, before_bin=args.before_venv / "bin" / "azprov")
     (args.out / "raw").mkdir(parents=True, exist_ok=True)
     for key in keys:
         scenario = SCENARIOS[key]
-        agents = tuple(a for a in scenario.agents if not args.agent or a in args.agent)
+        expanded: list[str] = []
+        for agent in scenario.agents:
+            expanded.append(agent)
+            if agent == "azprov" and args.before_venv is not None:
+                expanded.append("azprov_before")
+        agents = tuple(a for a in expanded if not args.agent or a in args.agent or a == "azprov_before")
         with tempfile.TemporaryDirectory(prefix="azprov-bench-") as tmp:
             results = run_scenario(scenario, agents, args.runs, envs, Path(tmp), warmup=True,
                                    progress=lambda line: print(line, file=sys.stderr, flush=True))

@@ -209,6 +209,8 @@ def run(cfg: config.Config, state_file: Path) -> int:
                 "another run holds the lock; waiting", extra=fields(pid=pid)))
         return _run_locked(cfg, state_file, durable)
     except Terminated as t:
+        if not t.logged:  # before the runner started: waiting on the lock, reading the record
+            log.warning("terminated before provisioning started; nothing to resume", extra=fields(signal=t.signum))
         return 128 + t.signum
     except AgentError as e:
         log.error(e.reason, extra={"fields": e.supporting_data})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -119,6 +120,13 @@ def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
 
+MAX_SECONDS = 365 * 86400.0  # beyond this (or inf) timers and socket timeouts overflow: a year is "forever"
+
+
+def _seconds(v: Any) -> str | None:
+    return None if 0 < v <= MAX_SECONDS else f"must be a number of seconds > 0 and <= {MAX_SECONDS:.0f}"
+
+
 def _http_url(v: Any) -> str | None:
     ok = v.startswith(("http://", "https://")) and len(v) > len("http://") and not v.endswith("/")
     return None if ok else "must be an http:// or https:// URL without a trailing slash"
@@ -154,10 +162,10 @@ def _relative_file(v: Any) -> str | None:
 CHECKS: dict[str, Callable[[Any], str | None]] = {
     "fabric.wireserver_url": _http_url,
     "fabric.imds_url": _http_url,
-    "fabric.network_timeout": _positive,
-    "fabric.wireserver_timeout": _positive,
-    "fabric.imds_timeout": _positive,
-    "fabric.request_timeout": _positive,
+    "fabric.network_timeout": _seconds,
+    "fabric.wireserver_timeout": _seconds,
+    "fabric.imds_timeout": _seconds,
+    "fabric.request_timeout": _seconds,
     "fabric.health_protocol": _one_of("wireserver", "provisioning"),
     "paths.state_dir": _absolute,
     "paths.root": _absolute,
@@ -217,11 +225,28 @@ def merge(config: Config, layer: Mapping[str, Any], source: str) -> Config:
     return dataclasses.replace(config, **sections)
 
 
+MAX_FILE = 1 << 20  # a config file is a few KiB
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; refuses what is not a regular file (a FIFO would block the boot, /dev/zero never
+    ends) and anything absurdly large."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError("configuration file is not a regular file", file=str(path))
+        data = os.read(fd, MAX_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE:
+        raise ConfigError("configuration file is too large", file=str(path), limit=MAX_FILE)
+    return data
+
+
 def parse_file(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as f:
-            document: dict[str, Any] = tomllib.load(f)
-            return document
+        document: dict[str, Any] = tomllib.loads(_read(path).decode("utf-8"))
+        return document
     except FileNotFoundError as e:
         raise ConfigError("configuration file not found", file=str(path)) from e
     except OSError as e:

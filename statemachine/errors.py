@@ -110,6 +110,7 @@ class Terminated(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"terminated by signal {signum}")
         self.signum = signum
+        self.logged = False  # the runner logs where it was; cli.run logs the rest (e.g. waiting on the lock)
 
 
 class RecoverableError(AgentError):

@@ -1,9 +1,10 @@
 """Thin HTTP clients for the WireServer and IMDS: bytes in, bytes out, no parsing, no loops.
 
-The only module that imports `requests`. Every call has a hard overall deadline (a server trickling a
-byte a second cannot hold us past `timeout`), a body-size cap, and proxies disabled (`trust_env = False`:
-both Azure endpoints must bypass any proxy). Failures become `FabricError`, retryable or not by the status
-code tables below; the runner decides what to do with them.
+The only module that imports `requests` (through `requests_lean`: without its charset detector). Every
+call has a hard overall deadline (a server trickling a byte a second cannot hold us past `timeout`), a
+body-size cap, and proxies disabled (`trust_env = False`: both Azure endpoints must bypass any proxy).
+Failures become `FabricError`, retryable or not by the status code tables below; the runner decides what
+to do with them.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable
 
-import requests
-
 from statemachine import AGENT_NAME, __version__
 from statemachine.errors import FabricError, GoneError
+from statemachine.requests_lean import requests
 from statemachine.retry import parse_retry_after
 
 WIRESERVER_VERSION = "2012-11-30"
@@ -76,19 +76,21 @@ class Http:
         self.remaining = remaining
 
     def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None,
-                endpoint: str = "") -> tuple[int, Mapping[str, str], bytes]:
+                endpoint: str = "", read_body: bool = True) -> tuple[int, Mapping[str, str], bytes]:
+        """`read_body=False`: the status line and headers are the whole answer (the health POSTs), so a
+        broken or endless body after a 200 cannot turn an accepted report into a failure."""
         timeout = self.timeout
         if self.remaining is not None:
             timeout = max(min(timeout, self.remaining()), MIN_CALL)
         try:
             with _alarm(timeout + 0.1):  # a backstop: the socket timeouts and _read's checks come first
-                return self._request(method, url, headers, body, endpoint, timeout)
+                return self._request(method, url, headers, body, endpoint, timeout, read_body)
         except _DeadlinePassed:
             raise FabricError("fabric answer exceeded the per-call deadline", retryable=True,
                               endpoint=endpoint, timeout=round(timeout, 3)) from None
 
     def _request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
-                 endpoint: str, timeout: float) -> tuple[int, Mapping[str, str], bytes]:
+                 endpoint: str, timeout: float, read_body: bool) -> tuple[int, Mapping[str, str], bytes]:
         deadline = time.monotonic() + timeout
         try:
             resp = self.session.request(method, url, headers=dict(headers), data=body, stream=True,
@@ -97,7 +99,7 @@ class Http:
             raise FabricError("request to the fabric failed", retryable=True, endpoint=endpoint,
                               error=type(e).__name__, detail=str(e)[:200]) from e
         try:
-            data = self._read(resp, deadline, endpoint)
+            data = self._read(resp, deadline, endpoint) if read_body else b""
         finally:
             resp.close()
         return resp.status_code, resp.headers, data
@@ -169,8 +171,9 @@ class WireServer:
 
     def post_health(self, body: bytes) -> None:
         headers = {**self.headers, "Content-Type": "text/xml; charset=utf-8"}
+        # A 200 is the WireServer taking the report; what follows it must not make us post it twice.
         status, answer_headers, _ = self.http.request("POST", f"{self.base_url}/machine?comp=health", headers,
-                                                      body, endpoint="health")
+                                                      body, endpoint="health", read_body=False)
         if status == 410:
             raise GoneError("health report refers to a stale goal state", endpoint="health", status=410)
         check_status(status, answer_headers, "health", RETRY_CODES)
@@ -179,7 +182,7 @@ class WireServer:
         """azure-init's JSON endpoint; the same retry rules as the XML one."""
         headers = {**self.headers, "Content-Type": "application/json", "x-ms-guest-agent-name": AGENT_NAME}
         status, answer_headers, _ = self.http.request("POST", f"{self.base_url}/provisioning/health", headers,
-                                                      body, endpoint="provisioning_health")
+                                                      body, endpoint="provisioning_health", read_body=False)
         if status == 410:
             raise GoneError("health report refers to a stale goal state", endpoint="provisioning_health",
                             status=410)

@@ -18,6 +18,8 @@ POINTS = (
     "persist.before_rename",  # the temp file is written and fsynced, the rename has not happened
     "persist.after_rename",  # the new record is in place, the directory not yet fsynced
     "reporting.after_post",  # the WireServer answered 200 to Ready; the record does not know yet
+    "fail.before_report",  # FAILED is saved; the ProvisioningFailed report is not posted yet
+    "fail.after_report",  # the WireServer took the ProvisioningFailed report; failure_reported_at not saved
 )
 
 

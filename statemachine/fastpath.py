@@ -17,6 +17,7 @@ It never writes, never locks, never logs through `logging`: its one line is form
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 TYPE_CHECKING = False
@@ -57,11 +58,23 @@ def layer_paths(explicit: str | None) -> list[str]:
     return layers
 
 
+_S_IFMT, _S_IFREG = 0o170000, 0o100000  # stat.S_ISREG without importing stat
+MAX_LAYER = 1 << 20  # = config.MAX_FILE
+
+
 def read_layers(paths: Sequence[str]) -> list[list[str]]:
+    """Every layer's text. Only regular files, opened without blocking and read up to a cap: a FIFO would
+    hang the boot here and /dev/zero never ends (anything odd raises, and the full CLI says exit 78)."""
     layers = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            layers.append([path, f.read()])
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if os.fstat(fd).st_mode & _S_IFMT != _S_IFREG:
+                raise ValueError(f"{path} is not a regular file")
+            data = f.read(MAX_LAYER + 1)
+        if len(data) > MAX_LAYER:
+            raise ValueError(f"{path} is too large")
+        layers.append([path, data.decode("utf-8")])
     return layers
 
 
@@ -116,6 +129,20 @@ def state_dir_by_tomllib(layers: Sequence[Sequence[str]]) -> str:
     return state_dir
 
 
+def read_stamp(state_dir: str) -> str:
+    """The stamp's text, only from a state dir and a file that `persistence.ensure_state_dir` would trust
+    as they are (ours, not open to others; no symlinks): anything else raises and the full path decides."""
+    st = os.lstat(state_dir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise PermissionError(state_dir)
+    fd = os.open(os.path.join(state_dir, STAMP_FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, encoding="utf-8") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise PermissionError(state_dir)
+        return f.read()
+
+
 def read_text(path: str) -> str | None:
     try:
         with open(path, encoding="ascii", errors="replace") as f:
@@ -144,8 +171,7 @@ def already_done(argv: Sequence[str]) -> bool:
     try:
         layers = read_layers(layer_paths(explicit))
         state_dir = state_dir_of(layers)
-        with open(os.path.join(state_dir, STAMP_FILE), encoding="utf-8") as f:
-            vm_id, level, product_uuid_path, efi_path, seen = f.read().split("\n", 4)
+        vm_id, level, product_uuid_path, efi_path, seen = read_stamp(state_dir).split("\n", 4)
         if seen != repr(observations(layers, state_dir, product_uuid_path, efi_path)):
             return False
     except Exception:  # any doubt at all: the full path decides
@@ -155,7 +181,10 @@ def already_done(argv: Sequence[str]) -> bool:
         level = override
     if level not in _QUIET_LEVELS:
         line = f"{MESSAGE} vm_id={vm_id!r}"
-        print(f"<6>{line}" if os.environ.get("JOURNAL_STREAM") else line, flush=True)
+        try:
+            print(f"<6>{line}" if os.environ.get("JOURNAL_STREAM") else line, flush=True)
+        except (OSError, ValueError):  # a closed stdout: logging would also carry on, and so do we
+            pass
     return True
 
 

@@ -8,7 +8,6 @@ On Gen1 (BIOS) VMs, Hyper-V exposes the first three UUID fields byte-swapped rel
 from __future__ import annotations
 
 import re
-import uuid
 from pathlib import Path
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -19,10 +18,11 @@ def normalize(raw: str, gen1: bool) -> str | None:
     text = raw.strip()
     if not _UUID.match(text):
         return None
-    value = uuid.UUID(text)
-    if gen1:
-        value = uuid.UUID(bytes_le=value.bytes)  # swap the first three fields back
-    return str(value).lower()
+    raw_bytes = bytes.fromhex(text.replace("-", ""))
+    if gen1:  # swap the first three fields back (what uuid.UUID(bytes_le=...) does; `uuid` costs ~2 ms)
+        raw_bytes = raw_bytes[3::-1] + raw_bytes[5:3:-1] + raw_bytes[7:5:-1] + raw_bytes[8:]
+    h = raw_bytes.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def read_vm_id(product_uuid_path: Path, efi_path: Path) -> str | None:

@@ -138,11 +138,13 @@ class Runner:
             while self.agent.state not in TERMINAL:
                 self._turn(self.agent.state)
         except Terminated as t:
-            self.record = dataclasses.replace(self.record, last_error={
-                "reason": "terminated by a signal before provisioning finished",
-                "data": {"signal": t.signum}, "state": self.agent.state.value, "at": utc_now()})
+            if self.agent.state is not Phase.FAILED:  # FAILED (reporting it): keep the failure's own reason
+                self.record = dataclasses.replace(self.record, last_error={
+                    "reason": "terminated by a signal before provisioning finished",
+                    "data": {"signal": t.signum}, "state": self.agent.state.value, "at": utc_now()})
             self.store.save(self.record)
             log.warning("terminated; the next run resumes here", extra=fields(state=self.agent.state.value))
+            t.logged = True
             self.ctx.events().left(self.agent.state.value, "terminated", self.ctx.clock() - self._entered_at,
                                    f"signal {t.signum}")
             raise
@@ -203,9 +205,15 @@ class Runner:
         events.left(phase.value, "error", self.ctx.clock() - self._entered_at, e.reason)
         self._left_told = True
         events.report(failure_report(e.reason, e.supporting_data, self.record.vm_id, entry["at"]))
-        if phase is not Phase.NETWORK_WAIT and self._report(e):  # unreachable fabric: nobody to tell
-            self.record = dataclasses.replace(self.record, failure_reported_at=utc_now())
+        # FAILED is made durable before the platform hears of it: if we die after the NotReady is taken,
+        # the next boot must see FAILED (and start over, posting Ready again), not resume the phase and
+        # end DONE while the platform's last word for this VM is ProvisioningFailed.
         self._fire("fail")
+        failpoint("fail.before_report")
+        if phase is not Phase.NETWORK_WAIT and self._report(e):  # unreachable fabric: nobody to tell
+            failpoint("fail.after_report")
+            self.record = dataclasses.replace(self.record, failure_reported_at=utc_now(), updated_at=utc_now())
+            self.store.save(self.record)
 
     def _report(self, e: AgentError) -> bool:
         """Keep trying to tell the platform for the report's own budget (the WireServer may be between two

@@ -11,4 +11,7 @@ def utc_now() -> str:
 
 
 def parse_utc(text: str) -> datetime.datetime:
-    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    """The inverse of utc_now(). fromisoformat, not strptime: _strptime drags in calendar and locale."""
+    if not text.endswith("Z"):
+        raise ValueError(f"not a UTC timestamp: {text!r}")
+    return datetime.datetime.fromisoformat(text[:-1]).replace(tzinfo=datetime.timezone.utc)

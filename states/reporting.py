@@ -24,7 +24,7 @@ from statemachine.persistence import Record
 from statemachine.report import MAX_DESCRIPTION as MAX_DESCRIPTION  # re-exported: callers import it from here
 from statemachine.report import failure_report, success_report
 from statemachine.timeutil import utc_now
-from states import goalstate, reporting_json, xmlutil
+from states import goalstate, xmlutil
 from states.goalstate import GoalState
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ def post(ctx: Context, state: str, substatus: str | None = None,
     """Fresh goal state, then POST; on 410 do both again. Returns the goal state the 200 was for (None for
     the JSON protocol, which names none)."""
     if ctx.config.fabric.health_protocol == "provisioning":  # errors go to the runner's retry policy
+        from states import reporting_json  # only for this protocol: not on the default path's start-up
+
         ctx.wire().post_provisioning_health(reporting_json.render_provisioning_health(state, substatus, description))
         return None
     for _ in range(MAX_GONE):

@@ -21,8 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import Env
+from conftest import Env as _CliEnv
 from fakefabric import GOAL_STATE, FakeFabric
+
+
+class Env(_CliEnv):
+    """Runs `azprov` the way the console script does (statemachine.launch: gc off, later-boot fast path)."""
+
+    def argv(self, *args: str) -> list[str]:
+        cli = super().argv(*args)
+        return [*cli[:2], "statemachine.launch", *cli[3:]]
 
 ACTIVE_PHASES = ("network_wait", "goalstate", "reporting", "configuring")
 PERSIST_POINTS = ("persist.before_write", "persist.before_rename", "persist.after_rename")
@@ -205,9 +213,9 @@ DEAD_PROXY = "http://127.0.0.1:9"  # discard port: nothing listens, a connection
 def _faults() -> Iterator[Fault]:
     for route in ("goalstate", "health", "imds"):
         after = {"Retry-After": "0.2"}
-        # A 200 whose body we cannot read: for health the Ready was taken, and the agent rightly retries.
+        # health: a 200 whose body never ends or is too big; the Ready was taken and must not be posted again.
         unreadable_200 = {"status": 200, "body": "x" * 50} if route == "health" else {}
-        dup = route == "health"
+        dup = False
         yield Fault(f"{route}: 500 storm", {route: storm({"status": 500}, 4)})
         yield Fault(f"{route}: 503 storm, Retry-After", {route: storm({"status": 503, "headers": after}, 4)})
         yield Fault(f"{route}: 429 storm, Retry-After", {route: storm({"status": 429, "headers": after}, 4)})
@@ -228,6 +236,21 @@ def _faults() -> Iterator[Fault]:
     yield Fault("imds: 410 for a while", {"imds": storm({"status": 410}, 4)})
     yield Fault("imds: 429 for a while, Retry-After",
                 {"imds": storm({"status": 429, "headers": {"Retry-After": "0.2"}}, 4)})
+    plain = GOAL_STATE.split("?>", 1)[1].format(incarnation="1", container_id=FakeFabric().container_id,
+                                                 instance_id=FakeFabric().instance_id)
+    xxe = '<!DOCTYPE GoalState [<!ENTITY x SYSTEM "file:///nonexistent/secret">]>' + plain.replace(
+        "<Version>", "<Version>&x;")
+    laughs = '<!ENTITY l0 "lol">' + "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
+    yield Fault("goalstate: XXE document once", {"goalstate": [{"status": 200, "body": xxe}]})
+    yield Fault("goalstate: billion laughs once", {"goalstate": [{"status": 200, "body": f"<!DOCTYPE GoalState "
+                                                                  f"[{laughs}]>" + plain.replace("<Version>",
+                                                                                                 "<Version>&l9;")}]})
+    yield Fault("goalstate: UTF-16 with BOM", {"goalstate": [{"status": 200, "body": (
+        '<?xml version="1.0" encoding="utf-16"?>' + plain).encode("utf-16")}]})
+    yield Fault("goalstate: namespaced", {"goalstate": [{"status": 200, "body": plain.replace(
+        "<GoalState ", '<GoalState xmlns="urn:azure" ')}]})
+    yield Fault("goalstate: XXE for ever", {"goalstate": storm({"status": 200, "body": xxe}, 100000)},
+                expect="failed", max_time=6.0, settings={"wireserver_timeout": 1.5})
     yield Fault("wireserver listens late (1 s)", listen_late=1.0)
     yield Fault("dead proxy in the environment", env={k: DEAD_PROXY for k in (
         "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")})
@@ -325,3 +348,110 @@ def run_fault(fault: Fault, tmp: Path) -> Result:
         for t in timers:
             t.cancel()
         fab.stop()
+
+
+# ---- broken records, unusable state directories, concurrency ---------------------------------------------
+
+def _valid_record_text() -> str:
+    from statemachine import persistence
+    from statemachine.phase import Phase
+
+    return json.dumps(persistence.to_json(persistence.Record(state=Phase.REPORTING)))
+
+
+RECORD_CASES = {
+    "record: empty": b"",
+    "record: truncated": b'{"schema": 1, "state": "repor',
+    "record: not JSON": b"\x00\xff garbage",
+    "record: unknown schema": b'{"schema": 99, "state": "done"}',
+    "record: wrong types": b'{"schema": 1, "state": "done", "history": [{"at": {}}]}',
+    "record: symlink elsewhere": b"symlink",
+    "record: writable by others": b"mode",
+}
+
+
+def run_record(case: str, tmp: Path) -> Result:
+    """Plant a broken record, boot: it must be moved aside and the VM must still report Ready."""
+    with FakeFabric() as fab:
+        vm = Env(tmp, fab.url)
+        vm.state_dir.mkdir(mode=0o700)
+        content = RECORD_CASES[case]
+        if content == b"symlink":
+            target = tmp / "elsewhere.json"
+            target.write_text(_valid_record_text())
+            vm.state_file.symlink_to(target)
+        else:
+            vm.state_file.write_bytes(_valid_record_text().encode() if content == b"mode" else content)
+            vm.state_file.chmod(0o666 if content == b"mode" else 0o600)
+        proc, elapsed = timed_run(vm)
+        result = _result(case, vm, fab, proc, elapsed)
+        result.detail = {"moved_aside": len(list(vm.state_dir.glob("state.json.corrupt-*")))}
+        return result
+
+
+MOUNT_CASES = {
+    "state dir read-only": "mount -o remount,ro {d}",
+    "state dir read-only, mid-provisioning record": "printf '%s' {valid} > state.json; chmod 600 state.json; "
+                                                    "mount -o remount,ro {d}",
+    "state dir full (ENOSPC)": "dd if=/dev/zero of=fill bs=1k count=64 2>/dev/null || true",
+}
+
+
+def run_mount_case(case: str, tmp: Path) -> Result:
+    """The state dir is a 16 KiB tmpfs in a private mount namespace (unshare -m): nothing else is touched."""
+    import shlex
+
+    with FakeFabric() as fab:
+        vm = Env(tmp, fab.url)
+        vm.state_dir.mkdir(mode=0o700)
+        d = shlex.quote(str(vm.state_dir))
+        setup = MOUNT_CASES[case].replace("{d}", d).replace("{valid}", shlex.quote(_valid_record_text()))
+        script = (f"set -e; mount -t tmpfs -o size=16k,mode=0700 tmpfs {d}; cd {d}; {setup}; cd /; "
+                  f"exec {' '.join(shlex.quote(a) for a in vm.argv())}")
+        started = time.monotonic()
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=vm.env(),
+                              capture_output=True, text=True, timeout=60)
+        elapsed = time.monotonic() - started
+        ready = [r for r in fab.ready_reports() if r["incarnation"] == fab.incarnation]
+        # The record lived on the namespace's tmpfs and is gone with it: judge by exit code and the fabric.
+        return Result(name=case, rc=proc.returncode, state="done" if proc.returncode == 0 else "failed",
+                      elapsed=elapsed, ready=len(ready), failure_reports=len(fab.failure_reports()),
+                      last_error=None, output=proc.stdout + proc.stderr, record=None)
+
+
+def run_concurrent(tmp: Path) -> Result:
+    """Two runs at once: one provisions, the other waits for the lock and finds DONE."""
+    with FakeFabric() as fab:
+        fab.set_script("goalstate", [{"status": 200, "delay": 1.0, "body": fab.goal_state()}])
+        vm = Env(tmp, fab.url)
+        started = time.monotonic()
+        first = vm.popen()
+        wait_for(lambda: vm.state_file.exists())
+        second = vm.popen()
+        out1, _ = first.communicate(timeout=60)
+        out2, _ = second.communicate(timeout=60)
+        elapsed = time.monotonic() - started
+        rc = max(first.returncode, second.returncode)
+        proc = subprocess.CompletedProcess(args=[], returncode=rc, stdout=out1 + out2, stderr="")
+        return _result("two runs at once", vm, fab, proc, elapsed)
+
+
+FAIL_POINTS = ("fail.before_report", "fail.after_report")
+
+
+def run_fail_crash(point: str, action: str, tmp: Path) -> Result:
+    """IMDS fails past its budget and the agent dies around the ProvisioningFailed POST; IMDS heals and the
+    VM boots again. `ready` counts only when Ready is the platform's last word for the incarnation."""
+    with FakeFabric() as fab:
+        fab.set_script("imds", [{"status": 500}] * 10000)
+        vm = Env(tmp, fab.url)
+        vm.set("fabric", **{**FAST, "imds_timeout": 0.5})
+        first, t1 = timed_run(vm, env={"AZPROV_FAILPOINT": f"{point}:{action}"})
+        fab.set_script("imds", [])
+        second, t2 = timed_run(vm)
+        result = _result(f"{point}:{action}", vm, fab, second, t1 + t2, duplicate_allowed=True)
+        taken = [e for e in fab.requests("health") if e["status"] == 200 and e["incarnation"] == fab.incarnation]
+        if not taken or taken[-1]["health_state"] != "Ready":
+            result.ready = 0  # the platform's last word is not Ready: as good as lost
+        result.detail = {"first_rc": first.returncode}
+        return result

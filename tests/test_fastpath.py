@@ -33,6 +33,7 @@ def provisioned(vm: Env) -> Env:
 def test_constants_match_the_modules_they_mirror() -> None:
     assert fastpath.STATE_FILE == persistence.STATE_FILE
     assert fastpath.DEFAULT_STATE_DIR == config.PathsConfig().state_dir
+    assert fastpath.MAX_LAYER == config.MAX_FILE
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -126,3 +127,15 @@ def test_the_line_scan_agrees_with_tomllib_or_defers(text: str) -> None:
         assert value == expected
     assert fastpath.state_dir_of([["f", text]]) in (expected if isinstance(expected, str) else "",
                                                     fastpath.DEFAULT_STATE_DIR)
+
+
+def opened_state_dir(vm: Env) -> None:
+    vm.state_dir.chmod(0o755)  # the full path tightens it back to 0700 (and re-stamps)
+
+
+def test_a_state_dir_open_to_others_is_not_trusted(vm: Env, fabric: FakeFabric) -> None:
+    provisioned(vm)
+    opened_state_dir(vm)
+    out = launch(vm, "--config", str(vm.config_path))
+    assert "RC 0 HEAVY []" not in out.stdout and "RC 0" in out.stdout, out.stdout + out.stderr
+    assert vm.state_dir.stat().st_mode & 0o777 == 0o700

@@ -90,3 +90,15 @@ def socket_hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def test_the_step_registry_imports_only_the_steps_looked_up() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom states.configure import registry\nr = registry()\n"
+            "assert list(r) == ['hostname', 'user', 'ssh_keys'] and 'user' in r and 'nope' not in r\n"
+            "assert r['hostname'].__name__ == 'states.configure.hostname'\n"
+            "print(sorted(m for m in sys.modules if m.startswith('states.configure.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "['states.configure.hostname']", out.stdout + out.stderr

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,10 @@ def test_bad_imds_documents(body: bytes, reason: str) -> None:
 
 def test_missing_os_profile_is_not_an_error() -> None:
     assert parse_instance(b'{"compute": {"name": "x"}}').computer_name is None
+
+
+@given(st.uuids(), st.booleans(), st.booleans())
+def test_normalize_agrees_with_the_uuid_module(u: uuid.UUID, gen1: bool, upper: bool) -> None:
+    text = str(u).upper() if upper else str(u)
+    expected = str(uuid.UUID(bytes_le=u.bytes)) if gen1 else str(u)
+    assert normalize(text, gen1=gen1) == expected

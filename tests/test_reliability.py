@@ -9,12 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fakefabric import FakeFabric
 from scenarios import (
     FAULTS,
     SAVES_IN_A_RUN,
     Crash,
+    Env,
     Fault,
     crash_matrix,
+    read_record,
     run_crash,
     run_fault,
     run_sigterm,
@@ -84,8 +87,13 @@ def test_sigterm_in_each_state_persists_logs_and_resumes(phase: str, tmp_path: P
     assert "action='resume'" in result.output
 
 
+QUICK_FAULTS = {"goalstate: 503 storm, Retry-After", "health: 410 + incarnation bump", "imds: 404 for a while",
+                "goalstate: malformed body", "health: connection reset", "goalstate: XXE document once",
+                "dead proxy in the environment"}
+
+
 def _fault_param(fault: Fault) -> pytest.param:  # type: ignore[valid-type]
-    slow = fault.slow or fault.max_time > 3.0 or fault.expect == "failed"
+    slow = fault.name not in QUICK_FAULTS
     return pytest.param(fault, id=fault.name, marks=(pytest.mark.slow,) if slow else ())
 
 
@@ -102,3 +110,49 @@ def test_fabric_fault(fault: Fault, tmp_path: Path) -> None:
     assert result.last_error and result.last_error["reason"], "FAILED without a clear last_error"
     assert (result.failure_reports >= 1) == fault.reported, result.output
     assert (result.record or {}).get("failure_reported_at") is not None if fault.reported else True
+
+
+def test_failpoint_spec_parsing() -> None:
+    from statemachine.failpoints import _parse
+
+    assert _parse("persist.before_rename:kill@4, reporting.after_post:exit,x") == {
+        "persist.before_rename": ("kill", 4), "reporting.after_post": ("exit", 1), "x": ("kill", 1)}
+    assert _parse("") == {} and _parse("a:raise@zero") == {"a": ("raise", 1)}
+
+
+def test_failpoints_are_inert_unless_armed() -> None:
+    from statemachine import failpoints
+
+    assert failpoints._ARMED == {}  # the test environment arms nothing
+    for name in failpoints.POINTS:
+        failpoints.failpoint(name)  # returns: no crash, no exception
+
+
+def test_raise_failpoint_counts_hits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from statemachine import failpoints
+
+    monkeypatch.setattr(failpoints, "_ARMED", {"p": ("raise", 2)})
+    monkeypatch.setattr(failpoints, "_HITS", {})
+    failpoints.failpoint("p")
+    with pytest.raises(failpoints.FailpointError):
+        failpoints.failpoint("p")
+    failpoints.failpoint("p")  # only the N-th hit fires
+
+
+@pytest.mark.parametrize("point", ["fail.before_report", "fail.after_report"])
+@pytest.mark.parametrize("action", ["kill", "exit"])
+def test_crash_on_the_failure_path_then_reboot_ends_ready(point: str, action: str, tmp_path: Path) -> None:
+    """IMDS fails past its budget, the agent dies around the ProvisioningFailed POST; IMDS then heals. The
+    next boot must finish, and the last word the platform heard for this incarnation must be Ready."""
+    with FakeFabric() as fab:
+        fab.set_script("imds", [{"status": 500}] * 10000)
+        vm = Env(tmp_path, fab.url)
+        vm.set("fabric", imds_timeout=0.5)
+        first = vm.run(env={"AZPROV_FAILPOINT": f"{point}:{action}"})
+        assert first.returncode == (-9 if action == "kill" else 137), first.stdout
+        fab.set_script("imds", [])
+        second = vm.run()
+        assert second.returncode == 0, second.stdout
+        assert (read_record(vm) or {})["state"] == "done"
+        reports = [e for e in fab.requests("health") if e["status"] == 200 and e["incarnation"] == fab.incarnation]
+        assert reports and reports[-1]["health_state"] == "Ready", [r["health_state"] for r in reports]
