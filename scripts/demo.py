@@ -56,7 +56,7 @@ product_uuid_path = "{tmp / 'product_uuid'}"
 [hostname]
 method = "{method}"
 """)
-        env = {**os.environ, "AZPROV_CONFIG_DIR": str(tmp / "no-system-config")}
+        env = {**os.environ, "AZPROV_CONFIG_DIR": str(tmp / "system-config")}
         azprov = str(BIN / "azprov")
         print(f"== fake fabric on 127.0.0.1:{port}; root {root}; hostname method {method!r}")
         if isolated:

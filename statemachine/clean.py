@@ -2,7 +2,8 @@
 
 Removes what azprov keeps in `paths.state_dir` (the record, set-aside records, saved CustomData), and on
 request azprov's log files under `<root>/var/log` and the machine id (`<root>/etc/machine-id` becomes
-`uninitialized`, so systemd treats the next boot as a first boot). It refuses while a run holds the lock:
+`uninitialized`, so systemd treats the next boot as a first boot, and dbus's copy in /var/lib/dbus becomes a
+symlink to it, so systemd cannot seed the new id from the old one). It refuses while a run holds the lock:
 it takes the same flock, non-blocking, and keeps it while it works so no run starts halfway. It returns
 what it removed, for the CLI to say. Never touches anything outside the state dir and `paths.root`.
 """
@@ -20,6 +21,9 @@ from statemachine.persistence import LOCK_FILE
 
 LOG_PATTERNS = ("azprov.log*", "azprov")  # under <root>/var/log: files, rotations, a directory
 MACHINE_ID = "/etc/machine-id"
+# systemd seeds a first boot's machine id from dbus's copy when that is a regular file with a valid id, so a
+# copy left in the image would give every VM made from it the same id (the boot test's scenario 7).
+DBUS_MACHINE_ID = "/var/lib/dbus/machine-id"
 
 
 def _remove(path: Path) -> str:
@@ -65,6 +69,20 @@ def reset_machine_id(root: Path) -> str | None:
     return f"{path} (now 'uninitialized')"
 
 
+def unlink_dbus_machine_id(root: Path) -> str | None:
+    """Replace dbus's own copy of the machine id by a symlink to /etc/machine-id (what current Debian ships),
+    so the next boot's new id is the only one there is."""
+    path = root / DBUS_MACHINE_ID.lstrip("/")
+    if path.is_symlink() or not path.exists():
+        return None
+    try:
+        path.unlink()
+        path.symlink_to(MACHINE_ID)
+    except OSError as e:
+        raise ConfigureError("dbus machine id cannot be replaced", path=str(path), error=e.strerror) from e
+    return f"{path} (now a symlink to {MACHINE_ID})"
+
+
 def clean(config: Config, logs: bool = False, machine_id: bool = False) -> list[str]:
     """Remove azprov's records (and optionally logs and the machine id); what was removed, in order."""
     state_dir = config.state_dir
@@ -78,8 +96,8 @@ def clean(config: Config, logs: bool = False, machine_id: bool = False) -> list[
         removed = [_remove(p) for p in records(state_dir)]
         if logs:
             removed += [_remove(p) for p in log_files(root)]
-        if machine_id and (done := reset_machine_id(root)):
-            removed.append(done)
+        if machine_id:
+            removed += [done for done in (reset_machine_id(root), unlink_dbus_machine_id(root)) if done]
         return removed
     finally:
         lock.release()

@@ -77,6 +77,11 @@ class Store:
                 log.error("state record cannot be saved; continuing without persistence",
                           extra=fields(reason=str(e)))
             self.failed = e
+        except Exception as e:  # a bug in saving must not cost the Ready either: loud, once, then in memory
+            if self.failed is None:
+                log.exception("saving the state record failed unexpectedly; continuing without persistence")
+            self.failed = StateFileError("state record cannot be saved", path=str(self.path),
+                                         error=type(e).__name__)
 
 
 def _how_started(record: Record) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,16 @@ FIXTURES = Path(os.environ.get("AZPROV_FIXTURES") or next(
     (p for p in (REPO.parent / "shared" / "fixtures" / "azure", REPO.parent.parent / "shared" / "fixtures" / "azure")
      if p.is_dir()), REPO.parent / "shared" / "fixtures" / "azure"))
 sys.path.insert(0, str(REPO / "tests"))
+
+# Defence in depth for every process the tests start: unless a test says otherwise, the "system" config
+# layer points the fabric at a closed loopback port and the state under a temporary directory, so no test
+# can reach the real Azure addresses or write /var/lib/azprov by falling back to the built-in defaults.
+_GUARD = Path(tempfile.mkdtemp(prefix="azprov-test-guard-"))
+(_GUARD / "azprov.toml").write_text(
+    '[fabric]\nwireserver_url = "http://127.0.0.1:9"\nimds_url = "http://127.0.0.1:9"\nnetwork_timeout = 2.0\n'
+    f'[paths]\nstate_dir = "{_GUARD / "state"}"\nroot = "{_GUARD / "root"}"\n'
+    f'[identity]\nproduct_uuid_path = "{_GUARD / "product_uuid"}"\n[hostname]\nmethod = "file"\n')
+os.environ["AZPROV_CONFIG_DIR"] = str(_GUARD)
 
 from fakefabric import FakeFabric  # noqa: E402
 
@@ -71,6 +82,12 @@ class Env:
             lines.append(f"[{section}]")
             lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
+        # The same settings as the system layer too: should a test's --config file lack a key (or be
+        # wrongly accepted), azprov still falls back to the fake fabric and the temporary root, never to
+        # the built-in Azure endpoints or /var/lib.
+        system = self.tmp / "system-config"
+        system.mkdir(exist_ok=True)
+        (system / "azprov.toml").write_text("\n".join(lines) + "\n")
         return self
 
     def new_vm(self) -> str:
@@ -93,7 +110,7 @@ class Env:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "AZPROV_FAILPOINT")}
-        env["AZPROV_CONFIG_DIR"] = str(self.tmp / "no-system-config")
+        env["AZPROV_CONFIG_DIR"] = str(self.tmp / "system-config")
         env["PYTHONPATH"] = str(REPO)
         return env
 
@@ -112,7 +129,7 @@ class Env:
 
 @pytest.fixture
 def vm(tmp_path: Path, fabric: FakeFabric, monkeypatch: pytest.MonkeyPatch) -> Env:
-    monkeypatch.setenv("AZPROV_CONFIG_DIR", str(tmp_path / "no-system-config"))
+    monkeypatch.setenv("AZPROV_CONFIG_DIR", str(tmp_path / "system-config"))
     return Env(tmp_path, fabric.url)
 
 

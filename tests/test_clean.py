@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -78,3 +79,14 @@ def test_machine_id_symlink_is_not_written_through(tmp_path: Path) -> None:
     with pytest.raises(ConfigureError, match="symlink"):
         clean(cfg, machine_id=True)
     assert target.read_text() == "keep\n"
+
+
+def test_machine_id_reset_also_unlinks_dbus_copy(tmp_path: Path) -> None:
+    cfg, _, root = setup(tmp_path)
+    dbus = root / "var/lib/dbus/machine-id"
+    dbus.parent.mkdir(parents=True)
+    dbus.write_text("0123456789abcdef0123456789abcdef\n")  # a regular file, as debootstrap leaves it
+    removed = clean(cfg, machine_id=True)
+    assert dbus.is_symlink() and os.readlink(dbus) == "/etc/machine-id"
+    assert any("dbus" in r for r in removed)
+    assert not [r for r in clean(cfg, machine_id=True) if "dbus" in r]  # a symlink already: nothing to do

@@ -80,7 +80,7 @@ def broken_stamp(vm: Env) -> None:
 
 
 def added_drop_in(vm: Env) -> None:
-    drop_in = vm.tmp / "no-system-config" / "azprov.toml.d"
+    drop_in = vm.tmp / "system-config" / "azprov.toml.d"
     drop_in.mkdir(parents=True)
     (drop_in / "10-local.toml").write_text("[log]\nlevel = \"info\"\n")
 

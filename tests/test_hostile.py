@@ -279,7 +279,7 @@ def test_imds_of_wrong_types_fails_with_a_report_naming_the_field(vm: Env, fabri
 def safe_system_layer(vm: Env) -> None:
     """Put the loopback config in the system layer, so a file under test that azprov (wrongly) accepts can
     still only reach the fake fabric and the temporary root: never the real endpoints or /var/lib."""
-    system = vm.tmp / "no-system-config"
+    system = vm.tmp / "system-config"
     system.mkdir(exist_ok=True)
     (system / "azprov.toml").write_text(vm.config_path.read_text())
 
@@ -331,7 +331,7 @@ def test_unreadable_config_exits_78(vm: Env, fabric: FakeFabric, kind: str, entr
 
 
 def test_unreadable_system_drop_in_exits_78(vm: Env, fabric: FakeFabric) -> None:
-    system = vm.tmp / "no-system-config"
+    system = vm.tmp / "system-config"
     (system / "azprov.toml.d").mkdir(parents=True)
     (system / "azprov.toml.d" / "50-broken.toml").write_text("[fabric]\nnetwork_timeout = \"x\"\n")
     out = vm.run()

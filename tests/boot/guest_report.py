@@ -7,12 +7,15 @@ prints it to the serial console between markers, syncs, and powers the VM off so
 Usage: guest_report.py UNIT (azprov.service, or the seed document's azure-provisioning.service).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from typing import Any
 
 AZPROV = "/usr/lib/azprov/bin/azprov"
 OUT_DIR = "/var/lib/azprov-boot"
@@ -21,17 +24,17 @@ PROPS = ("ActiveState", "SubState", "Result", "ExecMainStatus", "ConditionResult
          "ExecMainExitTimestampMonotonic")
 
 
-def sh(*cmd):
+def sh(*cmd: str) -> tuple[int, str]:
     out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return out.returncode, out.stdout
 
 
-def unit_props(unit):
+def unit_props(unit: str) -> dict[str, str]:
     _, text = sh("systemctl", "show", unit, *[f"--property={p}" for p in PROPS])
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def azprov_status():
+def azprov_status() -> dict[str, Any] | None:
     if not os.path.exists(AZPROV):
         return None
     code, text = sh(AZPROV, "--status", "--json")
@@ -42,16 +45,16 @@ def azprov_status():
     return {"exit": code, "json": doc}
 
 
-def timed(*cmd):
+def timed(*cmd: str) -> float:
     """Wall seconds of a command, run warm after boot: separates interpreter cost from boot contention."""
     start = time.monotonic()
     sh(*cmd)
     return round(time.monotonic() - start, 3)
 
 
-def timings():
+def timings() -> dict[str, Any]:
     venv_python = "/usr/lib/azprov/bin/python"
-    out = {"python3 -c pass": timed("/usr/bin/python3", "-c", "pass")}
+    out: dict[str, Any] = {"python3 -c pass": timed("/usr/bin/python3", "-c", "pass")}
     if os.path.exists(AZPROV):
         out["azprov --version"] = timed(AZPROV, "--version")
         out["azprov --status --json"] = timed(AZPROV, "--status", "--json")
@@ -64,9 +67,21 @@ def timings():
     return out
 
 
-def account(user):
+def dbus_machine_id() -> dict[str, str] | None:
+    """systemd seeds a first boot's machine id from this file when it is a regular file (not a symlink)."""
+    path = "/var/lib/dbus/machine-id"
+    if os.path.islink(path):
+        return {"symlink": os.readlink(path)}
+    try:
+        with open(path) as f:
+            return {"file": f.read().strip()}
+    except OSError:
+        return None
+
+
+def account(user: str) -> dict[str, Any] | None:
     """What the user and ssh_keys steps left behind (None where absent)."""
-    def stat(path):
+    def stat(path: str) -> dict[str, Any] | None:
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
@@ -89,7 +104,7 @@ def account(user):
             "sudoers": sorted(os.listdir("/etc/sudoers.d")) if os.path.isdir("/etc/sudoers.d") else None}
 
 
-def main():
+def main() -> None:
     unit = sys.argv[1]
     with open("/proc/cmdline") as f:
         cmdline = f.read().strip()
@@ -102,6 +117,7 @@ def main():
         "hostname": socket.gethostname(),
         "etc_hostname": open("/etc/hostname").read().strip(),
         "machine_id": open("/etc/machine-id").read().strip(),
+        "dbus_machine_id": dbus_machine_id(),
         "product_uuid": open("/sys/class/dmi/id/product_uuid").read().strip(),
         "props": unit_props(unit),
         "ssh_props": unit_props("ssh.service"),
@@ -114,6 +130,7 @@ def main():
         # The image builder's step before capture (README "Baking it into an image").
         code, text = sh(AZPROV, "clean", "--machine-id")
         report["clean"] = {"exit": code, "output": text, "machine_id_after": open("/etc/machine-id").read().strip(),
+                           "dbus_machine_id_after": dbus_machine_id(),
                            "state_dir_after": sorted(os.listdir("/var/lib/azprov"))}
     os.makedirs(OUT_DIR, mode=0o700, exist_ok=True)
     n = len([f for f in os.listdir(OUT_DIR) if f.startswith("report-")]) + 1
