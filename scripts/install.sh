@@ -87,6 +87,15 @@ case "$MODE" in
   *) die "AZPROV_INSTALL_MODE=$MODE: expected auto, host, chroot or relocate" ;;
 esac
 
+# pip's generated console script imports `re` before azprov's own code: ~7 ms, about half of
+# `python -c pass`, on every later boot of every VM (bench P4). This plain launcher does the same without it.
+printf '#!%s/bin/python\nimport sys\n\nfrom statemachine.launch import main\n\nsys.exit(main())\n' "$VENV" \
+  > "$DESTDIR$VENV/bin/azprov"
+chmod 0755 "$DESTDIR$VENV/bin/azprov"
+# `azprov --status` for people: on PATH, pointing into the venv.
+install -d -m 0755 "$DESTDIR$PREFIX/bin"
+ln -sfn "$VENV/bin/azprov" "$DESTDIR$PREFIX/bin/azprov"
+
 say "unit $DESTDIR$UNITDIR/azprov.service, preset, /etc/azprov"
 install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$PRESETDIR" "$DESTDIR/etc/azprov"
 sed "s|/usr/lib/azprov/|$VENV/|g" conf/azprov.service > "$DESTDIR$UNITDIR/azprov.service"

@@ -179,6 +179,11 @@ def test_install_into_a_staging_root(tmp_path: Path) -> None:
     assert "ExecStart=/opt/azprov/lib/azprov/bin/azprov\n" in unit
     script = dest / "opt/azprov/lib/azprov/bin/azprov"
     assert script.read_text().splitlines()[0].startswith("#!/opt/azprov/lib/azprov/bin/python")
+    assert "import re" not in script.read_text()  # the plain launcher, not pip's wrapper (bench P4)
+    staged_python = dest / "opt/azprov/lib/azprov/bin/python"
+    version = subprocess.run([str(staged_python), str(script), "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("azprov "), version.stdout + version.stderr
+    assert os.readlink(dest / "opt/azprov/bin/azprov") == "/opt/azprov/lib/azprov/bin/azprov"
     assert str(dest) not in (dest / "opt/azprov/lib/azprov/pyvenv.cfg").read_text()
     assert (dest / "etc/azprov/azprov.toml").read_text() == "# mine\n"
     assert (dest / "usr/lib/systemd/system-preset/90-azprov.preset").exists()
