@@ -4,7 +4,7 @@
 like a power cut), `exit` (`os._exit(137)`, no cleanup, no flush) or `raise` (an exception the runner does
 not expect). `@N` fires on the N-th time the point is reached (default: the first), so a test can crash the
 fourth save of the record rather than the first. Production never sets the variable, and an unarmed check
-is one dict lookup. The names are listed in docs/reliability.md; `POINTS` keeps the fixed ones.
+is one dict lookup. The names are listed in README.md ("Failpoints"); `POINTS` keeps the fixed ones.
 """
 
 from __future__ import annotations
