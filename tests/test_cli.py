@@ -13,19 +13,12 @@ from typing import Any
 import pytest
 from conftest import REPO, Env
 from fakefabric import FakeFabric
+from scenarios import wait_for
 
 
 def status_json(vm: Env) -> dict[str, Any]:
     out = vm.run("--status", "--json")
     return json.loads(out.stdout)
-
-
-def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def test_first_boot_reports_ready_and_sets_hostname(vm: Env, fabric: FakeFabric) -> None:
