@@ -1,6 +1,6 @@
 """Refuse every network destination but loopback, inside a benchmark driver process.
 
-The peers hard-code 168.63.129.16 and 169.254.169.254 in places. The drivers point them at the loopback fake
+The peers hard-code the WireServer and IMDS addresses in places. The drivers point them at the loopback fake
 fabric, and this guard makes sure that a path we did not redirect fails loudly instead of sending a packet
 anywhere else: `socket.connect`, `connect_ex`, `sendto` and the resolver functions accept only loopback
 literals (127.0.0.0/8, ::1) and "localhost". Imported first by every driver; `check_url` vets the URLs

@@ -8,7 +8,7 @@ Left out: DHCP, the OVF media, the transport certificate (openssl) and the extra
 (HostingEnvironmentConfig, SharedConfig) that the fake fabric does not serve: the real agent costs more.
 
 Redirections, in this process only: `Lib.Dir` goes to a temp dir (WireClient creates a history dir there),
-and `imds.IMDS_ENDPOINT` (a module constant, 169.254.169.254) is replaced by the fake's host:port.
+and `imds.IMDS_ENDPOINT` (a module constant: the IMDS address) is replaced by the fake's host:port.
 """
 
 from __future__ import annotations

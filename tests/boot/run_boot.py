@@ -54,8 +54,8 @@ BOOT_TIMEOUT = float(os.environ.get("AZPROV_BOOT_TIMEOUT", "600"))
 RELAY = HERE / "relay.py"
 REPORT_DIR = "/var/lib/azprov-boot"
 STATE_FILE = "/var/lib/azprov/state.json"
-WIRESERVER = "168.63.129.16"
-IMDS = "169.254.169.254"
+WIRESERVER = "168.63.129.16"  # guestfwd target inside the guest only; slirp relays it to 127.0.0.1
+IMDS = "169.254.169.254"  # guestfwd target inside the guest only
 CMDLINE = "root=/dev/vda rw console=ttyS0 quiet"
 REPORT_UNIT = """[Unit]
 Description=boot test only: report {unit}'s outcome, then power off
