@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from statemachine.config import Config
+from statemachine.errors import AgentError
 from statemachine.telemetry import Telemetry
 
 
@@ -57,6 +58,12 @@ class Context:
     imds: ImdsClient | None = None
     # (clock, goal state) of the last goal state this process fetched: states.goalstate.take_fresh().
     last_goal_state: tuple[float, Any] | None = None
+    # What CONFIGURING read once this run and keeps in memory only (the media can carry a password):
+    # states.configure.Facts, the media's problem if it was unusable, and whether CustomData/that problem
+    # were already handled this run. Typed loosely: statemachine never imports states.
+    facts: Any = None
+    media_problem: AgentError | None = None
+    media_handled: bool = False
     telemetry: Telemetry | None = None
 
     def __post_init__(self) -> None:

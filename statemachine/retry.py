@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Callable
+from typing import Callable, TypeVar
+
+from statemachine.errors import AgentError
+
+T = TypeVar("T")
 
 # Never wait longer than this for one Retry-After: a broken header must not eat the whole budget.
 MAX_RETRY_AFTER = 60.0
@@ -44,3 +48,20 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
+
+
+def until_deadline(call: Callable[[], T], policy: RetryPolicy, deadline: float, clock: Callable[[], float],
+                   sleep: Callable[[float], None]) -> T:
+    """`call()` until it succeeds, waiting `policy`'s delays between retryable errors; the error that is
+    not retryable, or would outlast `deadline`, is raised. For the loops that persist nothing between
+    tries (the dry run, the failure report); the runner's own loop also saves the record each retry."""
+    attempt = 0
+    while True:
+        try:
+            return call()
+        except AgentError as e:
+            attempt += 1
+            delay = policy.delay(attempt, getattr(e, "retry_after", None))
+            if not e.retryable or clock() + delay >= deadline:
+                raise
+            sleep(delay)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from statemachine import persistence, retry
 from statemachine.context import Context, Outcome
-from statemachine.errors import AgentError, BudgetExhausted, StateFileError, Terminated
+from statemachine.errors import AgentError, BudgetExhausted, FabricError, StateFileError, Terminated
 from statemachine.failpoints import failpoint
 from statemachine.log import fields
 from statemachine.machine import TERMINAL, Agent, Phase, build_machine
@@ -224,14 +224,16 @@ class Runner:
         """Keep trying to tell the platform for the report's own budget (the WireServer may be between two
         503s): the sooner it knows, the sooner the deployment fails instead of timing out."""
         ctx = self.ctx
-        ctx.deadline = ctx.clock() + min(FAILURE_REPORT_BUDGET, ctx.config.fabric.wireserver_timeout)
-        attempt = 0
-        while True:
-            attempt += 1
-            if self.report_failure(ctx, self.record, e):
-                return True
-            delay = retry.WIRESERVER.delay(attempt)
-            if ctx.clock() + delay >= ctx.deadline:
-                log.warning("giving up reporting the failure", extra=fields(attempts=attempt))
-                return False
-            ctx.sleep(delay)
+        budget = min(FAILURE_REPORT_BUDGET, ctx.config.fabric.wireserver_timeout)
+        ctx.deadline = ctx.clock() + budget
+
+        def attempt() -> None:
+            if not self.report_failure(ctx, self.record, e):
+                raise FabricError("the failure report was not accepted", retryable=True)
+
+        try:
+            retry.until_deadline(attempt, retry.WIRESERVER, ctx.deadline, ctx.clock, ctx.sleep)
+        except AgentError:
+            log.warning("giving up reporting the failure", extra=fields(budget_s=budget))
+            return False
+        return True

@@ -34,14 +34,12 @@ CUSTOM_DATA = "custom_data"
 
 
 def facts(ctx: Context) -> Facts:
-    cached = getattr(ctx, "_facts", None)
-    if isinstance(cached, Facts):
-        return cached
+    if isinstance(ctx.facts, Facts):
+        return ctx.facts
     instance = parse_instance(ctx.metadata().get_instance())
     env, problem = read_media(ctx)
     result = Facts(instance=instance, media=env)
-    ctx._facts = result  # type: ignore[attr-defined]
-    ctx._media_problem = problem  # type: ignore[attr-defined]
+    ctx.facts, ctx.media_problem = result, problem
     return result
 
 
@@ -83,11 +81,11 @@ def save_custom_data(ctx: Context, env: OvfEnv | None) -> bool:
 
 def _media_updates(ctx: Context, record: Record, found: Facts) -> dict[str, Any]:
     """Once per run: save CustomData, and record a broken media once (not on every resumed run)."""
-    if getattr(ctx, "_media_done", False):
+    if ctx.media_handled:
         return {}
-    ctx._media_done = True  # type: ignore[attr-defined]
+    ctx.media_handled = True
     save_custom_data(ctx, found.media)
-    problem = getattr(ctx, "_media_problem", None)
+    problem = ctx.media_problem
     if problem is None or any(e.get("step") == "media" for e in record.recoverable_errors):
         return {}
     return {"recoverable_errors": (*record.recoverable_errors, {"step": "media", **problem.as_dict()})}

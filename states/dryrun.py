@@ -21,18 +21,8 @@ T = TypeVar("T")
 
 
 def _within_budget(ctx: Context, budget: float, policy: retry.RetryPolicy, call: Callable[[], T]) -> T:
-    """`call()` until it succeeds, retrying retryable errors until `budget` seconds are spent."""
     ctx.deadline = ctx.clock() + budget
-    attempt = 0
-    while True:
-        try:
-            return call()
-        except AgentError as e:
-            attempt += 1
-            delay = policy.delay(attempt, getattr(e, "retry_after", None))
-            if not e.retryable or ctx.clock() + delay >= ctx.deadline:
-                raise
-            ctx.sleep(delay)
+    return retry.until_deadline(call, policy, ctx.deadline, ctx.clock, ctx.sleep)
 
 
 def plan(ctx: Context) -> dict[str, Any]:
@@ -42,7 +32,7 @@ def plan(ctx: Context) -> dict[str, Any]:
     _within_budget(ctx, fab.network_timeout, retry.WIRESERVER, lambda: network_wait.step(ctx, Record()))
     gs = _within_budget(ctx, fab.wireserver_timeout, retry.WIRESERVER, lambda: goalstate.fetch(ctx))
     found = _within_budget(ctx, fab.imds_timeout, retry.IMDS, lambda: configuring.facts(ctx))
-    problem = getattr(ctx, "_media_problem", None)
+    problem = ctx.media_problem
     steps: list[dict[str, Any]] = []
     for name in ctx.config.configure.steps:
         try:
