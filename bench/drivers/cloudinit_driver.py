@@ -14,7 +14,6 @@ the crawl is handed an object whose `.value` is our URL; the KVP log-index file 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -27,15 +26,9 @@ loopback_guard.install()
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--wireserver", required=True)
-    p.add_argument("--imds", required=True)
-    p.add_argument("--hostname-file", type=Path, required=True)
-    p.add_argument("--peer-path", required=True, help="the extracted dist-packages directory")
-    args = p.parse_args()
-    sys.path.insert(0, args.peer_path)
-    wireserver = loopback_guard.check_url(args.wireserver)
-    imds = loopback_guard.check_url(args.imds)
+    args = loopback_guard.driver_args(__doc__)
+    wireserver = args.wireserver
+    imds = args.imds
 
     from cloudinit.sources import DataSourceAzure as ds
     from cloudinit.sources.helpers import azure

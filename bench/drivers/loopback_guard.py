@@ -9,8 +9,11 @@ the drivers are given before anything uses them.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import socket
+import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,6 +42,21 @@ def check_url(url: str) -> str:
     """The URL itself if its host is a loopback address; raise otherwise."""
     _vet(urlsplit(url).hostname or "")
     return url
+
+
+def driver_args(description: str | None, peer: bool = True) -> argparse.Namespace:
+    """Every driver's command line: loopback-only fabric URLs, the hostname file, and (for a peer) its
+    extracted dist-packages directory, put first on sys.path."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--wireserver", required=True, type=check_url, help="http://127.0.0.1:PORT")
+    p.add_argument("--imds", required=True, type=check_url, help="http://127.0.0.1:PORT")
+    p.add_argument("--hostname-file", type=Path, required=True)
+    if peer:
+        p.add_argument("--peer-path", required=True, help="the extracted dist-packages directory")
+    args = p.parse_args()
+    if peer:
+        sys.path.insert(0, args.peer_path)
+    return args
 
 
 def install() -> None:

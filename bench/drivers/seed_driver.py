@@ -9,7 +9,6 @@ name goes into `--hostname-file` instead of the machine's hostname.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import subprocess
 import sys
@@ -65,11 +64,7 @@ def hostname_step(imds: str, hostname_file: Path) -> int:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--wireserver", required=True, help="http://127.0.0.1:PORT")
-    p.add_argument("--imds", required=True, help="http://127.0.0.1:PORT")
-    p.add_argument("--hostname-file", type=Path, required=True)
-    args = p.parse_args()
+    args = loopback_guard.driver_args(__doc__, peer=False)
     try:
         code = report_ready(args.wireserver)
     except (OSError, http.client.HTTPException, ElementTree.ParseError) as e:  # the document's script dies here

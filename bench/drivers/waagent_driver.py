@@ -13,11 +13,9 @@ and `imds.IMDS_ENDPOINT` (a module constant: the IMDS address) is replaced by th
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
-from pathlib import Path
 
 import loopback_guard
 
@@ -25,15 +23,9 @@ loopback_guard.install()
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--wireserver", required=True)
-    p.add_argument("--imds", required=True)
-    p.add_argument("--hostname-file", type=Path, required=True)
-    p.add_argument("--peer-path", required=True, help="the extracted dist-packages directory")
-    args = p.parse_args()
-    sys.path.insert(0, args.peer_path)
-    endpoint = loopback_guard.check_url(args.wireserver).split("://", 1)[1].rstrip("/")
-    imds_endpoint = loopback_guard.check_url(args.imds).split("://", 1)[1].rstrip("/")
+    args = loopback_guard.driver_args(__doc__)
+    endpoint = args.wireserver.split("://", 1)[1].rstrip("/")
+    imds_endpoint = args.imds.split("://", 1)[1].rstrip("/")
 
     from azurelinuxagent.common import conf
     from azurelinuxagent.common.protocol import imds
