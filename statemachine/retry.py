@@ -2,7 +2,8 @@
 
 Steps never sleep or loop; they raise a retryable `AgentError` and the runner asks this module how long to
 wait. Fast when the fabric comes back (the first retries are a tenth of a second apart), gentle on a
-struggling one (the cap), and never slower than a `Retry-After` the server asked for.
+struggling one (the cap), and never slower than a `Retry-After` the server asked for. The whole budget is
+used: when the next wait would end past it, one last try is made just before the end.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ T = TypeVar("T")
 
 # Never wait longer than this for one Retry-After: a broken header must not eat the whole budget.
 MAX_RETRY_AFTER = 60.0
+# The time a last try needs before a budget ends to be worth making. A WireServer or IMDS round trip takes
+# milliseconds, and a call's own deadline is shrunk to what is left of the budget, so this bounds the overrun.
+LAST_TRY = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,17 @@ class RetryPolicy:
         ceiling = min(self.cap, self.initial * self.multiplier ** max(attempt - 1, 0))
         # "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
         return ceiling / 2 + rand() * ceiling / 2
+
+
+def wait_before_retry(policy: RetryPolicy, attempt: int, retry_after: float | None, remaining: float,
+                      rand: Callable[[], float] = random.random) -> float | None:
+    """Seconds to wait before retry number `attempt` with `remaining` seconds of budget left, or None when
+    there is no room for another try. The whole budget is used: a wait (even a Retry-After) that would end
+    past it is cut short so one last try lands just before the end, instead of giving up with budget unspent
+    while the fabric may be about to recover."""
+    if remaining <= LAST_TRY:
+        return None
+    return min(policy.delay(attempt, retry_after, rand), remaining - LAST_TRY)
 
 
 WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)
@@ -61,7 +76,7 @@ def until_deadline(call: Callable[[], T], policy: RetryPolicy, deadline: float, 
             return call()
         except AgentError as e:
             attempt += 1
-            delay = policy.delay(attempt, getattr(e, "retry_after", None))
-            if not e.retryable or clock() + delay >= deadline:
+            delay = wait_before_retry(policy, attempt, getattr(e, "retry_after", None), deadline - clock())
+            if not e.retryable or delay is None:
                 raise
             sleep(delay)

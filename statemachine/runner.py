@@ -184,8 +184,9 @@ class Runner:
         attempts = self.record.attempts + 1
         self.record = dataclasses.replace(self.record, attempts=attempts, last_error=error_entry(e, phase),
                                           updated_at=utc_now())
-        delay = POLICY[phase].delay(attempts, getattr(e, "retry_after", None))
-        if e.retryable and ctx.clock() + delay < ctx.deadline:
+        delay = retry.wait_before_retry(POLICY[phase], attempts, getattr(e, "retry_after", None),
+                                        ctx.deadline - ctx.clock())
+        if e.retryable and delay is not None:
             log.warning("step failed; retrying", extra=fields(state=phase.value, reason=str(e),
                                                                attempt=attempts, delay_s=round(delay, 3)))
             self.store.save(self.record)

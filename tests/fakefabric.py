@@ -27,7 +27,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
@@ -119,6 +119,9 @@ class FakeFabric:
         self.script: dict[str, list[dict[str, Any]]] = {k: list(v) for k, v in (script or {}).items()}
         self.log: list[dict[str, Any]] = []
         self.log_path = log_path
+        # Called with each logged request, outside the lock: lets a test change the script on an event
+        # (say, the first failure report) instead of guessing when it will happen.
+        self.observers: list[Callable[[dict[str, Any]], None]] = []
         self.port = port
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -181,6 +184,8 @@ class FakeFabric:
             if self.log_path is not None:
                 with open(self.log_path, "a", encoding="utf-8") as f:
                     f.write(json.dumps(entry) + "\n")
+        for observe in list(self.observers):
+            observe(entry)
 
     def requests(self, route: str) -> list[dict[str, Any]]:
         with self._lock:

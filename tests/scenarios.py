@@ -193,7 +193,9 @@ class Fault:
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # [fabric] overrides
     listen_late: float | None = None
     wire: str = "fake"  # "fake", "blackhole" (accepts, never answers), "slow_headers", "closed"
-    heal_after: dict[str, float] = dataclasses.field(default_factory=dict)  # route → seconds until scripts end
+    # route → a text: the route's script ends once a request on it carries that text (e.g. the first
+    # failure report), so "fails, then heals" does not depend on how fast this machine is today.
+    heal_on: dict[str, str] = dataclasses.field(default_factory=dict)
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     slow: bool = False
     # A scripted 200 to a Ready whose body we then cannot read counts as accepted by the fake, though the
@@ -261,7 +263,7 @@ def _faults() -> Iterator[Fault]:
                 reported=True, max_time=4.5, settings={"imds_timeout": 1.5})
     yield Fault("health: 503 beyond the budget, then heals", {"health": storm({"status": 503}, 10000)},
                 expect="failed", reported=True, max_time=6.0, settings={"wireserver_timeout": 1.5},
-                heal_after={"health": 2.2})
+                heal_on={"health": "NotReady"})
     yield Fault("goalstate: 500 beyond the budget", {"goalstate": storm({"status": 500}, 100000)}, expect="failed",
                 max_time=6.0, settings={"wireserver_timeout": 1.5})
     yield Fault("wireserver never listens", wire="closed", expect="failed", max_time=3.0,
@@ -332,8 +334,11 @@ def run_fault(fault: Fault, tmp: Path) -> Result:
         timers.append(threading.Timer(fault.listen_late, fab.start))
     else:
         fab.start()
-    for route, seconds in fault.heal_after.items():
-        timers.append(threading.Timer(seconds, fab.set_script, (route, [])))
+    for route, text in fault.heal_on.items():
+        def heal(entry: dict[str, Any], route: str = route, text: str = text) -> None:
+            if entry["route"] == route and text in entry["body"]:
+                fab.set_script(route, [])
+        fab.observers.append(heal)
     try:
         with odd_server(fault.wire if fault.wire != "fake" else "closed") as odd_url:
             vm = Env(tmp, fab.url)

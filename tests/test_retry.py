@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from statemachine import retry
 from statemachine.errors import AgentError, FabricError
@@ -59,12 +61,36 @@ def test_until_deadline_raises_what_is_not_retryable_at_once() -> None:
     assert clock.slept == []
 
 
-def test_until_deadline_gives_up_before_the_deadline() -> None:
-    clock = Clock()
+def test_until_deadline_uses_the_whole_budget_then_gives_up_before_the_deadline() -> None:
+    clock, calls = Clock(), []
 
     def call() -> None:
+        calls.append(clock.now)
         raise FabricError("down", retryable=True)
 
     with pytest.raises(FabricError):
         retry.until_deadline(call, retry.WIRESERVER, 5.0, clock, clock.sleep)
     assert clock.now < 5.0 and len(clock.slept) >= 4
+    # The last wait was cut short so one more try landed just before the end, not a backoff step early.
+    assert calls[-1] == pytest.approx(5.0 - retry.LAST_TRY)
+
+
+def test_a_retry_after_past_the_budget_still_gets_one_last_try() -> None:
+    assert retry.wait_before_retry(retry.WIRESERVER, 1, 30.0, remaining=10.0) == pytest.approx(10.0 - retry.LAST_TRY)
+    assert retry.wait_before_retry(retry.WIRESERVER, 1, 1.0, remaining=10.0) == 1.0
+    assert retry.wait_before_retry(retry.WIRESERVER, 1, 1.0, remaining=retry.LAST_TRY) is None
+
+
+@given(attempt=st.integers(min_value=1, max_value=200),
+       retry_after=st.none() | st.floats(min_value=0, max_value=1e6),
+       remaining=st.floats(min_value=-10, max_value=1e6),
+       rand=st.floats(min_value=0, max_value=1))
+def test_a_wait_never_outlasts_the_budget_and_never_exceeds_the_policy(
+        attempt: int, retry_after: float | None, remaining: float, rand: float) -> None:
+    wait = retry.wait_before_retry(retry.WIRESERVER, attempt, retry_after, remaining, rand=lambda: rand)
+    if remaining <= retry.LAST_TRY:
+        assert wait is None
+        return
+    assert wait is not None
+    assert 0 <= wait <= remaining - retry.LAST_TRY
+    assert wait <= retry.WIRESERVER.delay(attempt, retry_after, rand=lambda: rand)
