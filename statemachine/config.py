@@ -8,14 +8,13 @@ half-configured (exit 78). `conf/azprov.toml` must equal the defaults here; a te
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import stat
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from statemachine.errors import ConfigError
 
@@ -27,8 +26,10 @@ else:  # pragma: no cover - exercised on old Pythons only
 SYSTEM_DIR = Path(os.environ.get("AZPROV_CONFIG_DIR", "/etc/azprov"))
 
 
-@dataclasses.dataclass(frozen=True)
-class FabricConfig:
+# Sections are NamedTuples rather than dataclasses: as typed and immutable, but defined without generating
+# and compiling methods, which for the ~20 record types on the boot path was ~14 ms of every first boot
+# (bench/RESULTS.md, P2). The same holds for the other records imported on that path.
+class FabricConfig(NamedTuple):
     wireserver_url: str = "http://168.63.129.16"
     imds_url: str = "http://169.254.169.254"
     network_timeout: float = 300.0
@@ -38,68 +39,58 @@ class FabricConfig:
     health_protocol: str = "wireserver"
 
 
-@dataclasses.dataclass(frozen=True)
-class PathsConfig:
+class PathsConfig(NamedTuple):
     state_dir: str = "/var/lib/azprov"
     root: str = "/"
 
 
-@dataclasses.dataclass(frozen=True)
-class IdentityConfig:
+class IdentityConfig(NamedTuple):
     product_uuid_path: str = "/sys/class/dmi/id/product_uuid"
     efi_path: str = "/sys/firmware/efi"
 
 
-@dataclasses.dataclass(frozen=True)
-class HostnameConfig:
+class HostnameConfig(NamedTuple):
     method: str = "auto"
 
 
-@dataclasses.dataclass(frozen=True)
-class ConfigureConfig:
+class ConfigureConfig(NamedTuple):
     steps: tuple[str, ...] = ("hostname",)
 
 
-@dataclasses.dataclass(frozen=True)
-class UserConfig:
+class UserConfig(NamedTuple):
     groups: tuple[str, ...] = ("sudo",)
 
 
-@dataclasses.dataclass(frozen=True)
-class MediaConfig:
+class MediaConfig(NamedTuple):
     enabled: bool = False
     device: str = "/dev/sr0"
     path: str = "ovf-env.xml"
 
 
-@dataclasses.dataclass(frozen=True)
-class LogConfig:
+class LogConfig(NamedTuple):
     level: str = "info"
 
 
-@dataclasses.dataclass(frozen=True)
-class KvpConfig:
+class KvpConfig(NamedTuple):
     enabled: bool = True
     pool_path: str = "/var/lib/hyperv/.kvp_pool_1"
 
 
-@dataclasses.dataclass(frozen=True)
-class AgentConfig:
+class AgentConfig(NamedTuple):
     max_boot_attempts: int = 3
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    fabric: FabricConfig = dataclasses.field(default_factory=FabricConfig)
-    paths: PathsConfig = dataclasses.field(default_factory=PathsConfig)
-    identity: IdentityConfig = dataclasses.field(default_factory=IdentityConfig)
-    hostname: HostnameConfig = dataclasses.field(default_factory=HostnameConfig)
-    configure: ConfigureConfig = dataclasses.field(default_factory=ConfigureConfig)
-    user: UserConfig = dataclasses.field(default_factory=UserConfig)
-    media: MediaConfig = dataclasses.field(default_factory=MediaConfig)
-    log: LogConfig = dataclasses.field(default_factory=LogConfig)
-    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
-    kvp: KvpConfig = dataclasses.field(default_factory=KvpConfig)
+class Config(NamedTuple):
+    fabric: FabricConfig = FabricConfig()
+    paths: PathsConfig = PathsConfig()
+    identity: IdentityConfig = IdentityConfig()
+    hostname: HostnameConfig = HostnameConfig()
+    configure: ConfigureConfig = ConfigureConfig()
+    user: UserConfig = UserConfig()
+    media: MediaConfig = MediaConfig()
+    log: LogConfig = LogConfig()
+    agent: AgentConfig = AgentConfig()
+    kvp: KvpConfig = KvpConfig()
 
     @property
     def state_dir(self) -> Path:
@@ -203,26 +194,26 @@ def merge(config: Config, layer: Mapping[str, Any], source: str) -> Config:
     """Apply one parsed TOML document on top of `config`. Pure; raises ConfigError naming the key."""
     sections: dict[str, Any] = {}
     for section_name, table in layer.items():
-        section_fields = {f.name: f for f in dataclasses.fields(Config)}
-        if section_name not in section_fields:
+        if section_name not in Config._fields:
             raise ConfigError("unknown configuration key", key=section_name, file=source)
         if not isinstance(table, dict):
             raise ConfigError("configuration section must be a table", key=section_name, file=source)
         current = getattr(config, section_name)
-        fields = {f.name: f for f in dataclasses.fields(current)}
+        # Each field's annotation as text ("float", "tuple[str, ...]"): NamedTuple keeps it as a ForwardRef.
+        types = {k: getattr(t, "__forward_arg__", t) for k, t in type(current).__annotations__.items()}
         changes: dict[str, Any] = {}
         for key, value in table.items():
             dotted = f"{section_name}.{key}"
-            if key not in fields:
+            if key not in types:
                 raise ConfigError("unknown configuration key", key=dotted, file=source)
-            value = _check_type(dotted, fields[key].type, value, source)
+            value = _check_type(dotted, types[key], value, source)
             problem = CHECKS[dotted](value) if dotted in CHECKS else None
             if problem:
                 raise ConfigError("configuration value is invalid", key=dotted, problem=problem,
                                   value=value, file=source)
             changes[key] = value
-        sections[section_name] = dataclasses.replace(current, **changes)
-    return dataclasses.replace(config, **sections)
+        sections[section_name] = current._replace(**changes)
+    return config._replace(**sections)
 
 
 MAX_FILE = 1 << 20  # a config file is a few KiB

@@ -6,12 +6,12 @@ Tests inject fakes (or point the URLs at the loopback fake fabric) instead of pa
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from types import MappingProxyType
+from typing import Any, Callable, NamedTuple, Protocol
 
 from statemachine.config import Config
 from statemachine.errors import AgentError
@@ -37,37 +37,43 @@ def tcp_probe(host: str, port: int, timeout: float) -> bool:
         return False
 
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What a step achieved: the event to fire (None: progress within the phase) and record updates."""
 
     event: str | None
-    updates: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    updates: Mapping[str, Any] = MappingProxyType({})  # shared default: read-only
 
 
-@dataclasses.dataclass
 class Context:
-    config: Config
-    clock: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], None] = time.sleep
-    probe: Callable[[str, int, float], bool] = tcp_probe
-    dry_run: bool = False
-    # Set by the runner before each step: the monotonic time at which the current phase's budget ends.
-    deadline: float = float("inf")
-    wireserver: WireServerClient | None = None
-    imds: ImdsClient | None = None
-    # (clock, goal state) of the last goal state this process fetched: states.goalstate.take_fresh().
-    last_goal_state: tuple[float, Any] | None = None
-    # What CONFIGURING read once this run and keeps in memory only (the media can carry a password):
-    # states.configure.Facts, the media's problem if it was unusable, and whether CustomData/that problem
-    # were already handled this run. Typed loosely: statemachine never imports states.
-    facts: Any = None
-    media_problem: AgentError | None = None
-    media_handled: bool = False
-    telemetry: Telemetry | None = None
+    """Mutable per-run state, so a plain class (a dataclass would cost its code generation at every boot)."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 probe: Callable[[str, int, float], bool] = tcp_probe, dry_run: bool = False,
+                 wireserver: WireServerClient | None = None, imds: ImdsClient | None = None,
+                 telemetry: Telemetry | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.sleep = sleep
+        self.probe = probe
+        self.dry_run = dry_run
+        # Set by the runner before each step: the monotonic time at which the current phase's budget ends.
+        self.deadline = float("inf")
+        self.wireserver = wireserver
+        self.imds = imds
+        self.telemetry = telemetry
+        # (clock, goal state) of the last goal state this process fetched: states.goalstate.take_fresh().
+        self.last_goal_state: tuple[float, Any] | None = None
+        # What CONFIGURING read once this run and keeps in memory only (the media can carry a password):
+        # states.configure.Facts, the media's problem if it was unusable, and whether CustomData/that problem
+        # were already handled this run. Typed loosely: statemachine never imports states.
+        self.facts: Any = None
+        self.media_problem: AgentError | None = None
+        self.media_handled = False
         self._http: Any = None
+
+    def __repr__(self) -> str:
+        return f"Context(dry_run={self.dry_run!r}, deadline={self.deadline!r})"
 
     @property
     def root(self) -> Path:

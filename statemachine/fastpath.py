@@ -1,7 +1,7 @@
 """The later-boot fast path: exit at once when this VM was provisioned under this very configuration.
 
 A provisioned VM runs azprov on every boot, and the answer is nearly always "done, same VM". The full CLI
-needs config (dataclasses → inspect), logging, pathlib and argparse to say so: several times the interpreter's
+needs config, tomllib, logging, pathlib and argparse to say so: several times the interpreter's
 own start-up. So whenever a run ends DONE, `remember()` writes a stamp next to the record with everything
 that answer rested on: the exact text of every config layer that was validated, the raw SMBIOS UUID and the
 EFI marker as read, and the record file's identity (inode, size, mtime). `already_done()` runs before anything
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # annotations only: importing typing/collections.abc at run t
 
 STAMP_FILE = "done-stamp"  # in paths.state_dir, next to the record: 4 lines, then repr(observations())
 STAMP_SCHEMA = 1
-STATE_FILE = "state.json"  # = persistence.STATE_FILE (a test keeps them equal; importing it costs dataclasses)
+STATE_FILE = "state.json"  # = persistence.STATE_FILE (a test keeps them equal; importing it costs more)
 DEFAULT_STATE_DIR = "/var/lib/azprov"  # = config.PathsConfig.state_dir (same test)
 MESSAGE = "azprov: already provisioned on this VM; nothing to do"
 _QUIET_LEVELS = ("warning", "error")  # log levels that hide the INFO line

@@ -20,7 +20,6 @@ KVP is best-effort telemetry: the writer never raises and never blocks provision
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import logging
@@ -29,7 +28,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from statemachine.errors import KvpError
 from statemachine.log import fields
@@ -47,8 +46,7 @@ LOCK_WAIT = 5.0  # seconds; a stuck lock holder must not stall provisioning
 _PART = re.compile(r"^(?P<base>.*)\|(?P<i>[1-9][0-9]*)/(?P<n>[1-9][0-9]*)$", re.DOTALL)
 
 
-@dataclasses.dataclass(frozen=True)
-class KvpRecord:
+class KvpRecord(NamedTuple):
     key: str
     value: str
     parts: int = 1  # how many pool records carried the value

@@ -9,15 +9,16 @@ and the evidence survives for support.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
 import stat
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from statemachine.errors import StateFileError
 from statemachine.failpoints import failpoint
@@ -29,8 +30,7 @@ LOCK_FILE = "lock"
 MAX_RECORD_BYTES = 1 << 20  # a record is a few KiB; anything near this is not ours
 
 
-@dataclasses.dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     state: Phase = Phase.NETWORK_WAIT
     vm_id: str | None = None
     vm_id_source: str | None = None  # "smbios" or "imds"
@@ -46,7 +46,8 @@ class Record:
     history: tuple[dict[str, Any], ...] = ()
     last_error: dict[str, Any] | None = None
     recoverable_errors: tuple[dict[str, Any], ...] = ()
-    steps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Read-only default: a NamedTuple's default is shared by every record. Updates build a new dict.
+    steps: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
 
 
 # JSON type each field must have (after None where the default is None).
@@ -92,8 +93,9 @@ def _check_entry(entry: Any, field: str) -> None:
 
 
 def to_json(record: Record) -> dict[str, Any]:
-    data = dataclasses.asdict(record)
+    data = record._asdict()
     data["state"] = record.state.value
+    data["steps"] = {name: dict(step) for name, step in record.steps.items()}
     data["history"] = list(record.history)
     data["recoverable_errors"] = list(record.recoverable_errors)
     return {"schema": SCHEMA, **data}

@@ -8,8 +8,6 @@ exhausted, stay FAILED. resume: continue from the recorded phase; every step is 
 
 from __future__ import annotations
 
-import dataclasses
-
 from statemachine.persistence import Record
 from statemachine.phase import Phase
 from statemachine.timeutil import parse_utc
@@ -27,15 +25,15 @@ def plan_start(record: Record | None, vm_id: str | None, max_boot_attempts: int,
     if vm_id is not None and record.vm_id is not None and record.vm_id != vm_id:
         return "new_vm", fresh_record(vm_id, now)
     if record.vm_id is None and vm_id is not None:
-        record = dataclasses.replace(record, vm_id=vm_id, vm_id_source="smbios")
+        record = record._replace(vm_id=vm_id, vm_id_source="smbios")
     if record.state is Phase.DONE:
         return "done", record
     if record.state is Phase.FAILED:
         if record.boot_attempts >= max_boot_attempts:
             return "give_up", record
         entry = {"state": Phase.NETWORK_WAIT.value, "at": now, "event": "retry_after_failure"}
-        return "retry_failed", dataclasses.replace(
-            record, state=Phase.NETWORK_WAIT, boot_attempts=record.boot_attempts + 1, attempts=0,
+        return "retry_failed", record._replace(
+            state=Phase.NETWORK_WAIT, boot_attempts=record.boot_attempts + 1, attempts=0,
             failure_reported_at=None, history=(*record.history, entry))
     return "resume", record
 
@@ -51,4 +49,4 @@ def with_transition(record: Record, state: Phase, event: str, now: str) -> Recor
             pass
         history[-1] = last
     history.append({"state": state.value, "at": now, "event": event})
-    return dataclasses.replace(record, state=state, attempts=0, history=tuple(history), updated_at=now)
+    return record._replace(state=state, attempts=0, history=tuple(history), updated_at=now)

@@ -8,9 +8,8 @@ used: when the next wait would end past it, one last try is made just before the
 
 from __future__ import annotations
 
-import dataclasses
 import random
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 from statemachine.errors import AgentError
 
@@ -23,8 +22,7 @@ MAX_RETRY_AFTER = 60.0
 LAST_TRY = 0.25
 
 
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     initial: float = 0.1
     multiplier: float = 2.0
     cap: float = 10.0

@@ -8,7 +8,6 @@ every transition and every retry. It receives the steps table and the failure re
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -144,7 +143,7 @@ class Runner:
                 self._turn(self.agent.state)
         except Terminated as t:
             if self.agent.state is not Phase.FAILED:  # FAILED (reporting it): keep the failure's own reason
-                self.record = dataclasses.replace(self.record, last_error={
+                self.record = self.record._replace(last_error={
                     "reason": "terminated by a signal before provisioning finished",
                     "data": {"signal": t.signum}, "state": self.agent.state.value, "at": utc_now()})
             self.store.save(self.record)
@@ -172,9 +171,9 @@ class Runner:
             self._fail(phase, AgentError("unexpected internal error", error=type(e).__name__,
                                          detail=str(e)[:200]))
             return
-        self.record = dataclasses.replace(self.record, **outcome.updates)
+        self.record = self.record._replace(**outcome.updates)
         if outcome.event is None:  # progress inside the phase (one configure step done)
-            self.record = dataclasses.replace(self.record, attempts=0, updated_at=utc_now())
+            self.record = self.record._replace(attempts=0, updated_at=utc_now())
             self.store.save(self.record)
             return
         self._fire(outcome.event)
@@ -182,7 +181,7 @@ class Runner:
     def _after_error(self, phase: Phase, e: AgentError, budget: float) -> None:
         ctx = self.ctx
         attempts = self.record.attempts + 1
-        self.record = dataclasses.replace(self.record, attempts=attempts, last_error=error_entry(e, phase),
+        self.record = self.record._replace(attempts=attempts, last_error=error_entry(e, phase),
                                           updated_at=utc_now())
         delay = retry.wait_before_retry(POLICY[phase], attempts, getattr(e, "retry_after", None),
                                         ctx.deadline - ctx.clock())
@@ -202,7 +201,7 @@ class Runner:
     def _fail(self, phase: Phase, e: AgentError) -> None:
         log.error("provisioning failed", extra=fields(state=phase.value, reason=str(e)))
         entry = error_entry(e, phase)
-        self.record = dataclasses.replace(self.record, last_error=entry)
+        self.record = self.record._replace(last_error=entry)
         # KVP before any POST: the host harvests the pool when the report arrives. Written even when
         # the fabric is unreachable (NETWORK_WAIT): KVP needs no network.
         events = self.ctx.events()
@@ -218,7 +217,7 @@ class Runner:
         failpoint("fail.before_report")
         if phase is not Phase.NETWORK_WAIT and self._report(e):  # unreachable fabric: nobody to tell
             failpoint("fail.after_report")
-            self.record = dataclasses.replace(self.record, failure_reported_at=utc_now(), updated_at=utc_now())
+            self.record = self.record._replace(failure_reported_at=utc_now(), updated_at=utc_now())
             self.store.save(self.record)
 
     def _report(self, e: AgentError) -> bool:

@@ -6,7 +6,6 @@ recoverable errors. The record is replaced atomically by the run, so reading it 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -127,7 +126,7 @@ def kvp_json(pool: Path) -> dict[str, Any]:
         records = kvp.decode_pool(pool.read_bytes())
     except OSError as e:
         return {"path": str(pool), "error": e.strerror or str(e)}
-    return {"path": str(pool), "records": [dataclasses.asdict(r) for r in records]}
+    return {"path": str(pool), "records": [r._asdict() for r in records]}
 
 
 def with_kvp(text: str, pool: Path, as_json_output: bool) -> str:

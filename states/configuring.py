@@ -10,7 +10,6 @@ password, which the record never holds. The media's CustomData is saved to `<sta
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -102,7 +101,7 @@ def step(ctx: Context, record: Record) -> Outcome:
     found = facts(ctx)
     updates = identity_updates(record, found)
     updates.update(_media_updates(ctx, record, found))
-    record = dataclasses.replace(record, **updates)
+    record = record._replace(**updates)
     steps = registry()
     for name in ctx.config.configure.steps:
         if record.steps.get(name, {}).get("status") in FINISHED:

@@ -6,8 +6,8 @@ not yet filled in the RoleInstance, which it does while it is still preparing th
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from typing import NamedTuple
 
 from statemachine.context import Context, Outcome
 from statemachine.errors import GoalStateError, IncompleteGoalStateError
@@ -19,8 +19,7 @@ log = logging.getLogger(__name__)
 WHAT = "goal state"
 
 
-@dataclasses.dataclass(frozen=True)
-class GoalState:
+class GoalState(NamedTuple):
     incarnation: str
     container_id: str
     instance_id: str
@@ -75,4 +74,4 @@ def step(ctx: Context, record: Record) -> Outcome:
     gs = fetch(ctx)
     log.info("goal state received", extra=fields(incarnation=gs.incarnation, container_id=gs.container_id,
                                                  instance_id=gs.instance_id))
-    return Outcome("goal_state_received", dataclasses.asdict(gs))
+    return Outcome("goal_state_received", gs._asdict())

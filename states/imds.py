@@ -6,23 +6,20 @@ sets something like `vmss_1`, not a valid hostname), kept only as a fallback.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from statemachine.errors import MetadataError
 
 MAX_DOCUMENT = 4 << 20
 
 
-@dataclasses.dataclass(frozen=True)
-class PublicKey:
+class PublicKey(NamedTuple):
     key_data: str
     path: str | None
 
 
-@dataclasses.dataclass(frozen=True)
-class Instance:
+class Instance(NamedTuple):
     vm_id: str | None = None
     computer_name: str | None = None
     name: str | None = None

@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from lxml import etree
 
@@ -41,13 +41,14 @@ MAX_VALUE = 128 << 10  # CustomData is at most 64 KiB once decoded; its base64 f
 FSTYPES = ("udf", "iso9660")
 
 
-@dataclasses.dataclass(frozen=True)
-class MediaKey:
+class MediaKey(NamedTuple):
     fingerprint: str
     path: str | None
     value: str
 
 
+# A dataclass, unlike the other records: its repr must hide the password and CustomData (a NamedTuple's shows
+# every field), and it is defined only when the media is enabled.
 @dataclasses.dataclass(frozen=True)
 class OvfEnv:
     hostname: str

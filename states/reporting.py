@@ -12,8 +12,8 @@ KVP record is written before the POST: the host harvests KVP when the report arr
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 MAX_GONE = 5  # refetch-and-repost rounds after 410 before handing the problem to the retry policy
 
 
-@dataclasses.dataclass(frozen=True)
-class HealthReport:
+class HealthReport(NamedTuple):
     incarnation: str
     container_id: str
     instance_id: str
@@ -125,7 +124,7 @@ def step(ctx: Context, record: Record) -> Outcome:
     gs = post(ctx, "Ready")
     failpoint("reporting.after_post")  # the one crash window that may cause a duplicate Ready
     log.info("reported Ready", extra=fields(incarnation=gs.incarnation if gs else None))
-    return Outcome("reported", {**(dataclasses.asdict(gs) if gs else {}), "reported_ready_at": utc_now()})
+    return Outcome("reported", {**(gs._asdict() if gs else {}), "reported_ready_at": utc_now()})
 
 
 def report_failure(ctx: Context, record: Record, error: AgentError) -> bool:

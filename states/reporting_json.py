@@ -9,17 +9,15 @@ preserve_order). Pure: bytes out, bytes in; `parse_provisioning_health` exists f
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from statemachine.errors import AgentError, GoalStateError
 
 STATES = ("Ready", "NotReady")
 
 
-@dataclasses.dataclass(frozen=True)
-class ProvisioningHealth:
+class ProvisioningHealth(NamedTuple):
     state: str
     substatus: str | None = None
     description: str | None = None

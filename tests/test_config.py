@@ -16,9 +16,9 @@ def test_shipped_config_equals_builtin_defaults() -> None:
 
 def test_shipped_config_names_every_key() -> None:
     text = (REPO / "conf" / "azprov.toml").read_text()
-    for section in config.dataclasses.fields(config.Config):
-        for field in config.dataclasses.fields(getattr(config.Config(), section.name)):
-            assert f"\n{field.name} = " in text, f"{section.name}.{field.name} missing from conf/azprov.toml"
+    for section in config.Config._fields:
+        for key in getattr(config.Config(), section)._fields:
+            assert f"\n{key} = " in text, f"{section}.{key} missing from conf/azprov.toml"
 
 
 def write(path: Path, text: str) -> Path:

@@ -12,13 +12,13 @@ from fakefabric import FakeFabric
 
 from statemachine import config, fastpath, persistence
 
-LAUNCH = "import sys\nfrom statemachine.launch import main\nrc = main()\n" \
+LAUNCH = "import sys\nfrom statemachine.launch import run\nrc = run()\n" \
          "heavy = [m for m in ('dataclasses', 'logging', 'argparse', 'requests', 'lxml') if m in sys.modules]\n" \
          "print('RC', rc, 'HEAVY', heavy)\n"
 
 
 def launch(vm: Env, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The console script's code path (statemachine.launch:main), in a subprocess."""
+    """The console script's code path (statemachine.launch.run: all of main but its exit), in a subprocess."""
     return subprocess.run([sys.executable, "-c", LAUNCH, *args], env={**vm.env(), **(env or {})},
                           capture_output=True, text=True, cwd=REPO, timeout=60)
 

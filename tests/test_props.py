@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
@@ -41,7 +39,7 @@ def test_health_round_trip(report: HealthReport) -> None:
     if report.substatus is None:  # without Details there is no Description to carry
         expected = HealthReport(report.incarnation, report.container_id, report.instance_id, report.state)
     else:
-        expected = dataclasses.replace(report, description=report.description or "")
+        expected = report._replace(description=report.description or "")
     assert parse_health(render_health(report)) == expected
 
 

@@ -8,10 +8,9 @@ repaired by running it again). A step that cannot do all of its work but leaves 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from statemachine.context import Context
 from states.imds import Instance
@@ -20,16 +19,14 @@ if TYPE_CHECKING:  # states.media imports lxml; the facts only carry its result
     from states.media import OvfEnv
 
 
-@dataclasses.dataclass(frozen=True)
-class Facts:
+class Facts(NamedTuple):
     """What the platform told us about this VM."""
 
     instance: Instance
     media: OvfEnv | None = None  # the provisioning media's ovf-env.xml, where enabled and present
 
 
-@dataclasses.dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):
     step: str
     before: str
     after: str
@@ -49,7 +46,7 @@ STEP_NAMES = ("hostname", "user", "ssh_keys")
 
 class _Registry(Mapping[str, ConfigureStep]):
     """Step name → module, imported when first looked up: a run configured for `hostname` alone never
-    loads `user` and `ssh_keys` (two modules, their dataclasses and imports: ~4 ms of start-up)."""
+    loads `user` and `ssh_keys` (two modules and their imports: a few ms of start-up)."""
 
     def __getitem__(self, name: str) -> ConfigureStep:
         if name not in STEP_NAMES:

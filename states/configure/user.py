@@ -12,7 +12,6 @@ unless the media carries one and the account has none usable yet.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -21,6 +20,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from statemachine.context import Context
 from statemachine.errors import ConfigureError, RecoverableError
@@ -41,8 +41,7 @@ MAX_PASSWORD = 72  # crypt(3) implementations silently truncate (bcrypt at 72 by
 SUDO_GROUPS = ("sudo", "wheel")
 
 
-@dataclasses.dataclass(frozen=True)
-class Account:
+class Account(NamedTuple):
     name: str
     uid: int
     gid: int
@@ -146,8 +145,7 @@ def lookup(ctx: Context, name: str) -> Account | None:
     return parse_passwd(_read(ctx, "/etc/passwd"), name)
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     name: str
     source: str
     account: Account | None
