@@ -42,9 +42,9 @@ from fakefabric import FakeFabric  # noqa: E402
 
 VM_UUID = "7f3b1c2a-9d4e-4f60-8a1b-2c3d4e5f6a7b"
 COMPUTER_NAME = "bench-vm-01"
-GOLDEN = 0.6180339887498949
+GOLDEN = 0.6180339887498949  # low-discrepancy spread of the P1 listen delays over one second
 # Peers that give up drop their connection mid-request; the fake's server would print each traceback.
-socketserver.BaseServer.handle_error = lambda self, request, client_address: None  # type: ignore[method-assign]  # low-discrepancy spread of the P1 listen delays over one second
+socketserver.BaseServer.handle_error = lambda self, request, client_address: None  # type: ignore[method-assign]
 
 
 # ---- scenarios ---------------------------------------------------------------------------------------------
@@ -60,6 +60,9 @@ class Scenario:
     cap_s: float = 30.0  # kill the agent after this long: a peer may retry for twenty minutes
     listen_delay: Callable[[int], float] | None = None
     provisioned: bool = False  # P4: run against a DONE record
+    # P2's target is a ratio within a few percent of 1, and this shared VM's speed drifts by a third between
+    # minutes: more interleaved runs than the default, so the medians are not one busy spell's.
+    min_runs: int = 0
 
 
 PEERS = ("seed", "cloudinit", "waagent")
@@ -70,7 +73,7 @@ SCENARIOS = {s.key: s for s in [
              "Ready accepted <= 50 ms after the listen", cap_s=30.0,
              listen_delay=lambda i: 2.0 + ((i * GOLDEN) % 1.0)),
     Scenario("P2", "cold run, network up", ("azprov", *PEERS, *FLOORS), "wall_s",
-             "start -> exit <= 1.0 x import floor; < 0.8 x cloud-init"),
+             "start -> exit <= 1.0 x import floor; < 0.8 x cloud-init", min_runs=21),
     Scenario("P3a", "goal state 500 x3 (no Retry-After)", ("azprov", *PEERS), "ready_s", "Ready <= 1.5 s",
              script={"goalstate": [{"status": 500}] * 3}),
     Scenario("P3b", "goal state 503 x3, Retry-After: 1", ("azprov", *PEERS), "ready_s", "Ready <= 3.5 s",
@@ -270,6 +273,15 @@ def summarise(results: list[dict[str, Any]], scenario: Scenario) -> dict[str, di
                    for m in ("ready_s", "after_listen_s", "wall_s", "cpu_s", "rss_kib")}
         out[agent] = {**metrics, "runs": len(rows), "ready_runs": sum(1 for r in rows if r["ready_count"]),
                       "exit_codes": sorted({r["exit"] for r in rows}), "killed": sum(r["killed_at_cap"] for r in rows)}
+    # azprov's run i against agent's run i: the two ran within a second of each other, so a slow spell of
+    # the machine weighs on both. A second view of the ratio, beside the ratio of the medians.
+    ours = {r["run"]: r for r in results if r["agent"] == "azprov"}
+    for agent in scenario.agents:
+        pairs = [ours[r["run"]][m] / r[m] for r in results for m in ("wall_s",)
+                 if r["agent"] == agent and agent != "azprov" and r["run"] in ours
+                 and ours[r["run"]].get(m) and r.get(m)]
+        if pairs:
+            out[agent]["paired_wall_ratio"] = statistics.median(pairs)
     return out
 
 
@@ -360,7 +372,9 @@ def render_targets(summaries: dict[str, dict[str, dict[str, Any]]]) -> list[str]
         rows.append(("P1", "Ready after the listen, median (s)", _median(summaries["P1"], "azprov", "after_listen_s"),
                      0.050))
     if "P2" in summaries:
+        paired = (summaries["P2"].get("import_floor") or {}).get("paired_wall_ratio")
         rows += [("P2", "start→exit ÷ import floor (wall)", ratio("P2", "wall_s", "import_floor"), 1.0),
+                 ("P2", "start→exit ÷ import floor (wall), median of the per-run ratios", paired, 1.0),
                  ("P2", "start→exit ÷ import floor (CPU)", ratio("P2", "cpu_s", "import_floor"), 1.0),
                  ("P2", "start→exit ÷ cloud-init (wall)", ratio("P2", "wall_s", "cloudinit"), 0.8)]
     for key, limit in (("P3a", 1.5), ("P3b", 3.5), ("P3c", 0.5)):
@@ -462,11 +476,12 @@ def main(argv: list[str] | None = None) -> int:
                 expanded.append("azprov_before")
         agents = tuple(a for a in expanded if not args.agent or a in args.agent or a == "azprov_before")
         with tempfile.TemporaryDirectory(prefix="azprov-bench-") as tmp:
-            results = run_scenario(scenario, agents, args.runs, envs, Path(tmp), warmup=True,
+            runs = max(args.runs, scenario.min_runs)
+            results = run_scenario(scenario, agents, runs, envs, Path(tmp), warmup=True,
                                    progress=lambda line: print(line, file=sys.stderr, flush=True))
         scenario = dataclasses.replace(scenario, agents=agents)
         raw = {"scenario": key, "summary": summarise(results, scenario), "results": results,
-               "meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": args.runs,
+               "meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs,
                         "commit": git_commit(), "versions": envs.versions,
                         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.release()}"}}
         tmp_path = args.out / "raw" / f"{key}.json.tmp"
