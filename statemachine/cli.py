@@ -269,6 +269,7 @@ def _drive(cfg: config.Config, state_file: Path, record: persistence.Record, dur
 
     steps = {Phase.NETWORK_WAIT: network_wait.step, Phase.GOALSTATE: goalstate.step,
              Phase.REPORTING: reporting.step, Phase.CONFIGURING: configuring.step}
+    network_wait.warm_imports()  # requests and lxml load while the first save waits on the disk
     store = Store(state_file, enabled=durable)
     store.save(record)
     final = Runner(Context(cfg, sleep=sleep), steps, store, reporting.report_failure).drive(record)

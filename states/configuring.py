@@ -103,9 +103,8 @@ def step(ctx: Context, record: Record) -> Outcome:
     updates.update(_media_updates(ctx, record, found))
     record = record._replace(**updates)
     steps = registry()
-    for name in ctx.config.configure.steps:
-        if record.steps.get(name, {}).get("status") in FINISHED:
-            continue
+    pending = [n for n in ctx.config.configure.steps if record.steps.get(n, {}).get("status") not in FINISHED]
+    for name in pending[:1]:
         started = ctx.clock()
         entry: dict[str, Any] = {"at": utc_now()}
         failpoint(f"configure.{name}.before")
@@ -124,5 +123,7 @@ def step(ctx: Context, record: Record) -> Outcome:
         failpoint(f"configure.{name}.after")
         entry["duration_s"] = round(ctx.clock() - started, 3)
         updates["steps"] = {**record.steps, name: entry}
-        return Outcome(None, updates)
+        # The last step's result is saved with the transition to DONE: one durable write (two fsyncs)
+        # fewer, and a crash before it only repeats that idempotent step.
+        return Outcome("configured" if len(pending) == 1 else None, updates)
     return Outcome("configured", updates)

@@ -34,7 +34,7 @@ class Env(_CliEnv):
 
 ACTIVE_PHASES = ("network_wait", "goalstate", "reporting", "configuring")
 PERSIST_POINTS = ("persist.before_write", "persist.before_rename", "persist.after_rename")
-SAVES_IN_A_RUN = 6  # start, →goalstate, →reporting, →configuring, hostname step, →done
+SAVES_IN_A_RUN = 5  # start, →goalstate, →reporting, →configuring, →done (with the last configure step)
 CRASH_ACTIONS = ("kill", "exit")  # SIGKILL (power cut) and os._exit (no cleanup)
 
 # Small budgets: every fault either heals inside them or exhausts them within seconds.
