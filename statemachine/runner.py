@@ -182,7 +182,7 @@ class Runner:
         ctx = self.ctx
         attempts = self.record.attempts + 1
         self.record = self.record._replace(attempts=attempts, last_error=error_entry(e, phase),
-                                          updated_at=utc_now())
+                                           updated_at=utc_now())
         delay = retry.wait_before_retry(POLICY[phase], attempts, getattr(e, "retry_after", None),
                                         ctx.deadline - ctx.clock())
         if e.retryable and delay is not None:
