@@ -257,7 +257,13 @@ def test_the_ready_uses_the_goal_state_just_fetched_and_a_410_fetches_anew(vm: E
 TOKENS = ["--config", "--config=", "--config=a.toml", "a.toml", "-x", "--status", "--conf", "", "--json", "-"]
 
 
-@given(st.lists(st.sampled_from(TOKENS) | st.text(max_size=6), max_size=3))
+# Mixed tokens (mostly not plain), and the two plain shapes with any file name (argparse must agree on each).
+ARGVS = (st.lists(st.sampled_from(TOKENS) | st.text(max_size=6), max_size=3)
+         | st.text(max_size=12).map(lambda name: ["--config", name])
+         | st.text(max_size=12).map(lambda name: [f"--config={name}"]))
+
+
+@given(ARGVS)
 def test_boot_command_line_agrees_with_argparse(argv: list[str]) -> None:
     from statemachine import arguments, cli
 
