@@ -50,6 +50,15 @@ class Row:
     results: list[Result] = dataclasses.field(default_factory=list)
     times: list[float] = dataclasses.field(default_factory=list)
     duplicates_allowed: bool = False
+    problems: list[str] = dataclasses.field(default_factory=list)  # checks a run failed beyond its outcome
+
+    def add(self, result: Result, seconds: float | None = None, problem: str | None = None) -> None:
+        """One run: its result, the time shown in the table (default: the whole run), and what else was
+        wrong with it, if anything (too slow, SIGTERM not honoured, a broken record left in place)."""
+        self.results.append(result)
+        self.times.append(result.elapsed if seconds is None else seconds)
+        if problem is not None:
+            self.problems.append(problem)
 
     def cells(self) -> list[str]:
         runs = len(self.results)
@@ -57,7 +66,7 @@ class Row:
         failed_reported = sum(r.state == "failed" and r.failure_reports > 0 for r in self.results)
         dup = sum(r.duplicate for r in self.results)
         lost = sum(r.ready == 0 for r in self.results) if self.expected == "DONE" else 0
-        ok = all(self._ok(r) for r in self.results)
+        ok = not self.problems and all(self._ok(r) for r in self.results)
         return [self.scenario, self.expected, str(runs), str(done), str(failed_reported),
                 f"{dup}" + (" (allowed)" if dup and self.duplicates_allowed else ""), str(lost),
                 f"{max(self.times):.2f}", "yes" if ok else "**NO**"]
@@ -93,8 +102,7 @@ def crash_rows(n: int) -> Iterator[Row]:
             for result in _runs(n, lambda tmp, c=crash: scenarios.run_crash(c, tmp)):
                 # a second Ready is allowed only if the crash fell between the 200 and the save
                 result.duplicate_allowed = result.duplicate_allowed and result.ready <= 2
-                row.results.append(result)
-                row.times.append(result.elapsed)
+                row.add(result)
         row.duplicates_allowed = any(r.duplicate for r in row.results) and all(
             r.duplicate_allowed for r in row.results if r.duplicate)
         yield row
@@ -106,8 +114,7 @@ def fail_crash_rows(n: int) -> Iterator[Row]:
                   duplicates_allowed=True)
         for action in scenarios.CRASH_ACTIONS:
             for result in _runs(n, lambda tmp, a=action, p=point: scenarios.run_fail_crash(p, a, tmp)):
-                row.results.append(result)
-                row.times.append(result.elapsed)
+                row.add(result)
         yield row
 
 
@@ -116,10 +123,8 @@ def sigterm_rows(n: int) -> Iterator[Row]:
         row = Row(f"SIGTERM in {phase} (exit ≤ 2 s) + reboot", "DONE")
         for result in _runs(n, lambda tmp, p=phase: scenarios.run_sigterm(p, tmp)):
             d = result.detail
-            if d["term_rc"] != 143 or d["term_seconds"] >= 2.0:
-                result.output += "\nTraceback: SIGTERM not handled in time"  # marks the row as failed
-            row.results.append(result)
-            row.times.append(d["term_seconds"])
+            late = d["term_rc"] != 143 or d["term_seconds"] >= 2.0
+            row.add(result, d["term_seconds"], "SIGTERM not handled in time" if late else None)
         yield row
 
 
@@ -130,10 +135,8 @@ def fault_rows(n: int, include_slow: bool) -> Iterator[Row]:
         expected = "DONE" if fault.expect == "done" else ("FAILED, reported" if fault.reported else "FAILED")
         row = Row(fault.name, expected, duplicates_allowed=fault.duplicate_ok)
         for result in _runs(n, lambda tmp, f=fault: scenarios.run_fault(f, tmp)):
-            if result.elapsed >= fault.max_time:
-                result.output += f"\nTraceback: over its time bound {fault.max_time}"
-            row.results.append(result)
-            row.times.append(result.elapsed)
+            slow = result.elapsed >= fault.max_time
+            row.add(result, problem=f"over its time bound {fault.max_time}" if slow else None)
         yield row
 
 
@@ -141,10 +144,8 @@ def state_rows(n: int) -> Iterator[Row]:
     for case in scenarios.RECORD_CASES:
         row = Row(f"{case} (moved aside)", "DONE")
         for result in _runs(n, lambda tmp, c=case: scenarios.run_record(c, tmp)):
-            if result.detail.get("moved_aside") != 1:
-                result.output += "\nTraceback: broken record not moved aside"
-            row.results.append(result)
-            row.times.append(result.elapsed)
+            kept = result.detail.get("moved_aside") != 1
+            row.add(result, problem="broken record not moved aside" if kept else None)
         yield row
     can_unshare = shutil.which("unshare") is not None and subprocess.run(
         ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode == 0
@@ -152,13 +153,11 @@ def state_rows(n: int) -> Iterator[Row]:
         for case in scenarios.MOUNT_CASES:
             row = Row(f"{case} (unshare -m, 16 KiB tmpfs)", "DONE")
             for result in _runs(n, lambda tmp, c=case: scenarios.run_mount_case(c, tmp)):
-                row.results.append(result)
-                row.times.append(result.elapsed)
+                row.add(result)
             yield row
     row = Row("two runs at once (one provisions, one waits)", "DONE")
     for result in _runs(n, scenarios.run_concurrent):
-        row.results.append(result)
-        row.times.append(result.elapsed)
+        row.add(result)
     yield row
 
 
@@ -181,7 +180,8 @@ def render(rows: list[Row], n: int, seconds: float) -> str:
     for row in rows:
         lines.append("| " + " | ".join(row.cells()) + " |")
     total = sum(len(r.results) for r in rows)
-    bad = [r.scenario for r in rows if r.cells()[-1] != "yes"]
+    bad = [r.scenario + (f" ({'; '.join(sorted(set(r.problems)))})" if r.problems else "")
+           for r in rows if r.cells()[-1] != "yes"]
     lost = sum(int(r.cells()[6]) for r in rows)
     lines += ["", f"{total} runs in {len(rows)} scenarios; lost Ready: {lost}; "
               f"scenarios not as expected: {', '.join(bad) if bad else 'none'}."]
