@@ -15,6 +15,8 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +140,10 @@ def test_persistently_hostile_goal_state_fails_within_budget_naming_it(vm: Env, 
     assert "Traceback" not in out.stdout + out.stderr
 
 
-def _trickle_server(head: bytes, interval: float) -> tuple[socket.socket, threading.Event]:
+@contextmanager
+def trickling_server(at_once: bytes, trickled: bytes, interval: float) -> Iterator[str]:
+    """A one-connection HTTP server on 127.0.0.1 that sends `at_once`, then `trickled` one byte per
+    `interval`: a server that is alive (each byte resets a socket timeout) but never finishes. Yields its URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(4)
@@ -150,50 +155,43 @@ def _trickle_server(head: bytes, interval: float) -> tuple[socket.socket, thread
         except OSError:
             return
         with conn:
-            conn.recv(65536)
-            for i in range(len(head)):
-                if stop.wait(interval):
-                    return
-                try:
-                    conn.sendall(head[i:i + 1])
-                except OSError:
-                    return
+            try:
+                conn.recv(65536)
+                conn.sendall(at_once)
+                for i in range(len(trickled)):
+                    if stop.wait(interval):
+                        return
+                    conn.sendall(trickled[i:i + 1])
+            except OSError:
+                return
 
     threading.Thread(target=serve, daemon=True).start()
-    return sock, stop
-
-
-@pytest.mark.parametrize("what, head", [
-    ("status line", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
-    ("headers", b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 200 + b"\r\nContent-Length: 0\r\n\r\n"),
-    ("body", b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n" + b"b" * 200),
-])
-def test_per_call_deadline_holds_against_a_byte_per_interval(what: str, head: bytes) -> None:
-    if what == "body":
-        head = head  # the trickle starts after the headers are complete
-    sock, stop = _trickle_server(head, 0.05)
-    http = fabric_client.Http(fabric_client.new_session(), timeout=0.6)
-    started = time.monotonic()
     try:
-        with pytest.raises(FabricError) as info:
-            http.request("GET", f"http://127.0.0.1:{sock.getsockname()[1]}/", {}, endpoint="goalstate")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
     finally:
         stop.set()
         sock.close()
+
+
+@pytest.mark.parametrize("what, at_once, trickled", [
+    ("status line", b"", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"),
+    ("headers", b"HTTP/1.1 200 OK\r\n", b"X-Pad: " + b"a" * 200 + b"\r\nContent-Length: 0\r\n\r\n"),
+    ("body", b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n", b"b" * 200),
+])
+def test_per_call_deadline_holds_against_a_byte_per_interval(what: str, at_once: bytes, trickled: bytes) -> None:
+    http = fabric_client.Http(fabric_client.new_session(), timeout=0.6)
+    started = time.monotonic()
+    with trickling_server(at_once, trickled, 0.05) as url, pytest.raises(FabricError) as info:
+        http.request("GET", url, {}, endpoint="goalstate")
     assert time.monotonic() - started < 1.0, what
     assert info.value.retryable and info.value.supporting_data["endpoint"] == "goalstate"
 
 
 def test_per_call_timeout_is_cut_to_the_remaining_budget() -> None:
-    sock, stop = _trickle_server(b"HTTP/1.1 200 OK\r\n", 1.0)
     http = fabric_client.Http(fabric_client.new_session(), timeout=30.0, remaining=lambda: 0.3)
     started = time.monotonic()
-    try:
-        with pytest.raises(FabricError) as info:
-            http.request("GET", f"http://127.0.0.1:{sock.getsockname()[1]}/", {}, endpoint="imds")
-    finally:
-        stop.set()
-        sock.close()
+    with trickling_server(b"", b"HTTP/1.1 200 OK\r\n", 1.0) as url, pytest.raises(FabricError) as info:
+        http.request("GET", url, {}, endpoint="imds")
     assert time.monotonic() - started < 0.8 and info.value.retryable
 
 
