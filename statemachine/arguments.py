@@ -1,4 +1,4 @@
-"""The command line: argparse for every use but the boot's own (see `cli.boot_command_line`)."""
+"""The command line: argparse for every use but the unit's own (see `fastpath.config_argument`)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from statemachine import config, persistence
+from statemachine import config, fastpath, persistence
 from statemachine import log as logsetup
 from statemachine.errors import AgentError, ConfigError, StateFileError, Terminated
 from statemachine.log import fields
@@ -29,22 +29,11 @@ from statemachine.log import fields
 log = logging.getLogger("azprov")
 
 
-def boot_command_line(argv: Sequence[str]) -> tuple[bool, Path | None]:
-    """(True, config file or None) when `argv` is what the unit runs: nothing, or only `--config FILE`.
-    Pure. Anything else, (False, None): argparse parses it, and says what is wrong with it."""
-    if not argv:
-        return True, None
-    if len(argv) == 2 and argv[0] == "--config" and argv[1] and not argv[1].startswith("-"):
-        return True, Path(argv[1])
-    if len(argv) == 1 and argv[0].startswith("--config=") and len(argv[0]) > len("--config="):
-        return True, Path(argv[0][len("--config="):])
-    return False, None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    plain, explicit = boot_command_line(argv)
-    if plain:  # the boot's own command line: no argparse (~3 ms of every first boot)
+    plain, value = fastpath.config_argument(argv)
+    explicit = Path(value) if value is not None else None
+    if plain:  # the unit's own command line: no argparse (~3 ms of every first boot)
         args = None
     else:
         from statemachine import arguments
@@ -74,7 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def remember_done(cfg: config.Config, explicit: Path | None, state_file: Path) -> None:
     """Stamp a DONE record for the next boot's fast path (statemachine/fastpath.py)."""
-    from statemachine import fastpath
     from statemachine.phase import Phase
 
     try:

@@ -34,13 +34,15 @@ _QUIET_LEVELS = ("warning", "error")  # log levels that hide the INFO line
 
 
 def config_argument(argv: Sequence[str]) -> tuple[bool, str | None]:
-    """(usable, --config value) for the only shapes the fast path takes: no argument or one --config."""
+    """(plain, --config value): plain is the unit's own command line, nothing or one `--config FILE`, read
+    here exactly as argparse would read it (a property test holds the two together). Pure. The fast path
+    takes only plain runs, and `cli` skips argparse for them; anything else goes to argparse."""
     if not argv:
         return True, None
-    if len(argv) == 2 and argv[0] == "--config":
-        return True, argv[1]
-    if len(argv) == 1 and argv[0].startswith("--config="):
-        return True, argv[0].split("=", 1)[1]
+    if len(argv) == 2 and argv[0] == "--config" and argv[1] and not argv[1].startswith("-"):
+        return True, argv[1]  # a value starting with "-" is an option to argparse, and "" is no file
+    if len(argv) == 1 and argv[0].startswith("--config=") and len(argv[0]) > len("--config="):
+        return True, argv[0][len("--config="):]
     return False, None
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -252,7 +253,7 @@ def test_the_ready_uses_the_goal_state_just_fetched_and_a_410_fetches_anew(vm: E
         other.stop()
 
 
-# ---- the boot's own command line skips argparse; it must mean exactly what argparse would make of it -------
+# ---- the unit's own command line skips argparse; it must mean exactly what argparse would make of it -------
 
 TOKENS = ["--config", "--config=", "--config=a.toml", "a.toml", "-x", "--status", "--conf", "", "--json", "-"]
 
@@ -264,24 +265,24 @@ ARGVS = (st.lists(st.sampled_from(TOKENS) | st.text(max_size=6), max_size=3)
 
 
 @given(ARGVS)
-def test_boot_command_line_agrees_with_argparse(argv: list[str]) -> None:
-    from statemachine import arguments, cli
+def test_the_plain_command_line_agrees_with_argparse(argv: list[str]) -> None:
+    from statemachine import arguments, fastpath
 
-    plain, config = cli.boot_command_line(argv)
+    plain, config = fastpath.config_argument(argv)
     if not plain:
         assert config is None
         return
     parsed = arguments.parse(argv)  # a plain command line is never a usage error
-    assert parsed.config == config
+    assert parsed.config == (Path(config) if config is not None else None)
     assert not (parsed.status or parsed.json or parsed.wait or parsed.dry_run or parsed.logs or parsed.machine_id
                 or parsed.kvp) and parsed.command is None
 
 
 @pytest.mark.parametrize("argv", [[], ["--config", "/etc/x.toml"], ["--config=/etc/x.toml"]])
 def test_the_units_command_lines_are_plain(argv: list[str]) -> None:
-    from statemachine import cli
+    from statemachine import fastpath
 
-    assert cli.boot_command_line(argv)[0]
+    assert fastpath.config_argument(argv)[0]
 
 
 def test_the_console_script_exits_without_teardown_yet_loses_no_output(vm: Env, fabric: FakeFabric) -> None:
