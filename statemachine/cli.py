@@ -41,7 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = arguments.parse(argv)
         explicit = args.config
     try:
-        cfg = config.load_layers(explicit)
+        layers = config.read_layers(explicit)
+        cfg = config.load_texts(layers)
     except ConfigError as e:
         print(f"azprov: {e}", file=sys.stderr)
         return e.exit_code
@@ -57,12 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return kvp(cfg, args.json)
     code = run(cfg, state_file)
     if code == 0:
-        remember_done(cfg, explicit, state_file)
+        remember_done(cfg, layers, state_file)
     return code
 
 
-def remember_done(cfg: config.Config, explicit: Path | None, state_file: Path) -> None:
-    """Stamp a DONE record for the next boot's fast path (statemachine/fastpath.py)."""
+def remember_done(cfg: config.Config, layers: list[tuple[Path, str]], state_file: Path) -> None:
+    """Stamp a DONE record for the next boot's fast path (statemachine/fastpath.py), with the config texts
+    this run validated (not a second read, which could see an edit made during the run)."""
     from statemachine.phase import Phase
 
     try:
@@ -71,8 +73,8 @@ def remember_done(cfg: config.Config, explicit: Path | None, state_file: Path) -
         return
     if record is None or record.state is not Phase.DONE or record.vm_id is None:
         return
-    layers = [str(p) for p in config.system_layers()] + ([str(explicit)] if explicit is not None else [])
-    fastpath.remember(layers, str(state_file.parent), cfg.identity.product_uuid_path, cfg.identity.efi_path,
+    fastpath.remember([[str(path), text] for path, text in layers], str(state_file.parent),
+                      cfg.identity.product_uuid_path, cfg.identity.efi_path,
                       record.vm_id, cfg.log.level)
 
 

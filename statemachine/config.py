@@ -234,18 +234,27 @@ def _read(path: Path) -> bytes:
     return data
 
 
-def parse_file(path: Path) -> dict[str, Any]:
+def read_text(path: Path) -> str:
     try:
-        document: dict[str, Any] = tomllib.loads(_read(path).decode("utf-8"))
-        return document
+        return _read(path).decode("utf-8")
     except FileNotFoundError as e:
         raise ConfigError("configuration file not found", file=str(path)) from e
     except OSError as e:
         raise ConfigError("configuration file is unreadable", file=str(path), error=e.strerror) from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("configuration file is not valid TOML", file=str(path), error=str(e)) from e
     except UnicodeDecodeError as e:
         raise ConfigError("configuration file is not valid UTF-8", file=str(path), error=str(e)) from e
+
+
+def parse_text(text: str, source: str) -> dict[str, Any]:
+    try:
+        document: dict[str, Any] = tomllib.loads(text)
+        return document
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("configuration file is not valid TOML", file=source, error=str(e)) from e
+
+
+def parse_file(path: Path) -> dict[str, Any]:
+    return parse_text(read_text(path), str(path))
 
 
 def system_layers(system_dir: Path = SYSTEM_DIR) -> list[Path]:
@@ -265,9 +274,22 @@ def load(paths: Iterable[Path]) -> Config:
     return config
 
 
+def read_layers(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> list[tuple[Path, str]]:
+    """Each layer's path and text, in order: system file < drop-ins < `--config`."""
+    paths = system_layers(system_dir)
+    if explicit is not None:
+        paths.append(explicit)
+    return [(path, read_text(path)) for path in paths]
+
+
+def load_texts(layers: Iterable[tuple[Path, str]]) -> Config:
+    """The defaults with each layer's text applied in turn. Pure: the texts are read by `read_layers`."""
+    config = Config()
+    for path, text in layers:
+        config = merge(config, parse_text(text, str(path)), str(path))
+    return config
+
+
 def load_layers(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> Config:
     """Defaults < system file < drop-ins < `--config`."""
-    layers = system_layers(system_dir)
-    if explicit is not None:
-        layers.append(explicit)
-    return load(layers)
+    return load_texts(read_layers(explicit, system_dir))

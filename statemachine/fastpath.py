@@ -190,13 +190,14 @@ def already_done(argv: Sequence[str]) -> bool:
     return True
 
 
-def remember(layers: Sequence[str], state_dir: str, product_uuid_path: str, efi_path: str, vm_id: str,
+def remember(layers: list[list[str]], state_dir: str, product_uuid_path: str, efi_path: str, vm_id: str,
              log_level: str) -> None:
-    """Write the stamp after a run that ended DONE. A cache: failures are ignored (the next boot is slower)."""
+    """Write the stamp after a run that ended DONE; `layers` are [path, text] of the config it validated.
+    A cache: failures are ignored (the next boot is only slower)."""
     stamp_path = os.path.join(state_dir, STAMP_FILE)
     tmp = f"{stamp_path}.tmp"
     try:
-        seen = observations(read_layers(layers), state_dir, product_uuid_path, efi_path)
+        seen = observations(layers, state_dir, product_uuid_path, efi_path)
         for line in (vm_id, log_level, product_uuid_path, efi_path):
             if "\n" in line:
                 return

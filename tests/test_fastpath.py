@@ -104,9 +104,10 @@ def test_an_invalid_config_is_never_waved_through(vm: Env, fabric: FakeFabric) -
     assert "RC 78" in out.stdout, out.stdout + out.stderr
 
 
-def test_no_stamp_without_done(tmp_path: Path) -> None:
-    fastpath.remember([str(tmp_path / "missing.toml")], str(tmp_path), "/nonexistent", "/nonexistent", "id", "info")
-    assert not (tmp_path / fastpath.STAMP_FILE).exists()
+def test_a_stamp_that_cannot_be_written_is_ignored(tmp_path: Path) -> None:
+    fastpath.remember([[str(tmp_path / "a.toml"), ""]], str(tmp_path / "absent"), "/nonexistent", "/nonexistent",
+                      "id", "info")  # cannot be written: ignored
+    assert not (tmp_path / "absent" / fastpath.STAMP_FILE).exists()
     assert not fastpath.already_done(["--config", str(tmp_path / "missing.toml")])
 
 
