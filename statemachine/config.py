@@ -173,20 +173,19 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def _check_type(key: str, expected: Any, value: Any, source: str) -> Any:
-    """Coerce what TOML gave us to the field's type, or name the key that is wrong."""
-    if expected in ("float", float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+def _check_type(key: str, expected: str, value: Any, source: str) -> Any:
+    """Coerce what TOML gave us to the field's type (its annotation's text), or name the key that is wrong."""
+    if expected == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if expected in ("int", int) and isinstance(value, int) and not isinstance(value, bool):
+    if expected == "int" and isinstance(value, int) and not isinstance(value, bool):
         return value
-    if expected in ("str", str) and isinstance(value, str):
+    if expected == "str" and isinstance(value, str):
         return value
-    if expected in ("bool", bool) and isinstance(value, bool):
+    if expected == "bool" and isinstance(value, bool):
         return value
-    if expected in ("list[str]", "tuple[str, ...]") and isinstance(value, list):
-        if all(isinstance(v, str) for v in value):
-            return tuple(value)
-    raise ConfigError("configuration value has the wrong type", key=key, expected=str(expected),
+    if expected == "tuple[str, ...]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError("configuration value has the wrong type", key=key, expected=expected,
                       got=type(value).__name__, file=source)
 
 
@@ -200,7 +199,7 @@ def merge(config: Config, layer: Mapping[str, Any], source: str) -> Config:
             raise ConfigError("configuration section must be a table", key=section_name, file=source)
         current = getattr(config, section_name)
         # Each field's annotation as text ("float", "tuple[str, ...]"): NamedTuple keeps it as a ForwardRef.
-        types = {k: getattr(t, "__forward_arg__", t) for k, t in type(current).__annotations__.items()}
+        types = {k: str(getattr(t, "__forward_arg__", t)) for k, t in type(current).__annotations__.items()}
         changes: dict[str, Any] = {}
         for key, value in table.items():
             dotted = f"{section_name}.{key}"
