@@ -57,14 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args is not None and args.command == "kvp":
         return kvp(cfg, args.json)
     code = run(cfg, state_file)
-    if code == 0:
-        remember_done(cfg, layers, state_file)
+    if code == 0 and plain:  # only the unit's own command line can take the fast path on the next boot
+        remember_done(cfg, layers, value, state_file)
     return code
 
 
-def remember_done(cfg: config.Config, layers: list[tuple[Path, str]], state_file: Path) -> None:
+def remember_done(cfg: config.Config, layers: list[tuple[Path, str]], given: str | None, state_file: Path) -> None:
     """Stamp a DONE record for the next boot's fast path (statemachine/fastpath.py), with the config texts
-    this run validated (not a second read, which could see an edit made during the run)."""
+    this run validated (not a second read, which could see an edit made during the run). The `--config`
+    layer is named as `given` on the command line, as the fast path will name it (Path() would normalise
+    `dir//x` or `./x` into a string the next boot never compares equal)."""
     from statemachine.phase import Phase
 
     try:
@@ -73,7 +75,10 @@ def remember_done(cfg: config.Config, layers: list[tuple[Path, str]], state_file
         return
     if record is None or record.state is not Phase.DONE or record.vm_id is None:
         return
-    fastpath.remember([[str(path), text] for path, text in layers], str(state_file.parent),
+    names = [str(path) for path, _ in layers]
+    if given is not None:
+        names[-1] = given
+    fastpath.remember([[name, text] for name, (_, text) in zip(names, layers)], str(state_file.parent),
                       cfg.identity.product_uuid_path, cfg.identity.efi_path,
                       record.vm_id, cfg.log.level)
 

@@ -140,3 +140,24 @@ def test_a_state_dir_open_to_others_is_not_trusted(vm: Env, fabric: FakeFabric) 
     out = launch(vm, "--config", str(vm.config_path))
     assert "RC 0 HEAVY []" not in out.stdout and "RC 0" in out.stdout, out.stdout + out.stderr
     assert vm.state_dir.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("spelling", ["double-slash", "dot-slash", "equals"])
+def test_the_config_path_as_the_unit_spells_it_takes_the_fast_path(vm: Env, fabric: FakeFabric,
+                                                                   spelling: str) -> None:
+    """The stamp names --config exactly as given: Path() would turn `dir//x` or `./x` into another string
+    and the fast path, which compares the argument as given, would never match."""
+    parent, name = vm.config_path.parent, vm.config_path.name
+    argv = {"double-slash": ["--config", f"{parent}//{name}"],
+            "dot-slash": ["--config", f"./{name}"],
+            "equals": [f"--config={parent}/./{name}"]}[spelling]
+    env = {**vm.env()}
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", LAUNCH, *argv], env=env, capture_output=True, text=True,
+                              cwd=parent, timeout=60)
+
+    first = run()
+    assert "RC 0" in first.stdout and "provisioning finished" in first.stdout, first.stdout + first.stderr
+    again = run()
+    assert "RC 0 HEAVY []" in again.stdout, again.stdout + again.stderr
