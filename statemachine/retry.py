@@ -8,6 +8,7 @@ used: when the next wait would end past it, one last try is made just before the
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Callable, NamedTuple, TypeVar
 
@@ -22,6 +23,16 @@ MAX_RETRY_AFTER = 60.0
 LAST_TRY = 0.25
 
 
+def capped_exponential(initial: float, multiplier: float, cap: float, step: int) -> float:
+    """Pure: `min(cap, initial * multiplier**step)` for any step count, however large. The exponent is
+    clamped to the step at which the cap is reached, so an attempt counter that runs for hours (a network
+    that stays down, a fabric that keeps refusing) can never overflow the float power."""
+    if step <= 0 or multiplier <= 1.0 or initial >= cap:
+        return min(cap, initial)
+    steps_to_cap = math.ceil(math.log(cap / initial, multiplier))
+    return min(cap, initial * multiplier ** min(step, steps_to_cap))
+
+
 class RetryPolicy(NamedTuple):
     initial: float = 0.1
     multiplier: float = 2.0
@@ -32,7 +43,7 @@ class RetryPolicy(NamedTuple):
         """Seconds to wait before retry number `attempt` (1-based). Pure but for `rand`."""
         if retry_after is not None and retry_after >= 0:
             return min(retry_after, MAX_RETRY_AFTER)  # honour it exactly: no slower, no sooner
-        ceiling = min(self.cap, self.initial * self.multiplier ** max(attempt - 1, 0))
+        ceiling = capped_exponential(self.initial, self.multiplier, self.cap, attempt - 1)
         # "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
         return ceiling / 2 + rand() * ceiling / 2
 

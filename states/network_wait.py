@@ -18,6 +18,7 @@ from statemachine.context import Context, Outcome
 from statemachine.errors import BudgetExhausted, ConfigError
 from statemachine.log import fields
 from statemachine.persistence import Record
+from statemachine.retry import capped_exponential
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def target(url: str) -> tuple[str, int]:
 
 
 def poll_delay(attempt: int) -> float:
-    return min(MAX_POLL, FIRST_POLL * 1.5**attempt)
+    return capped_exponential(FIRST_POLL, 1.5, MAX_POLL, attempt)
 
 
 def _warm_imports() -> None:

@@ -94,3 +94,28 @@ def test_a_wait_never_outlasts_the_budget_and_never_exceeds_the_policy(
     assert wait is not None
     assert 0 <= wait <= remaining - retry.LAST_TRY
     assert wait <= retry.WIRESERVER.delay(attempt, retry_after, rand=lambda: rand)
+
+
+# An attempt counter can run for hours (a network that never comes up polls ~200 times a second), so every
+# backoff function must stay finite and within its cap for any count, far beyond what a boot can reach.
+huge_attempts = st.integers(0, 10**9)
+
+
+@given(huge_attempts)
+def test_backoff_never_overflows_for_any_attempt_count(attempt: int) -> None:
+    from states.network_wait import MAX_POLL, poll_delay
+
+    for policy in (retry.WIRESERVER, retry.IMDS, retry.RetryPolicy(initial=0.001, multiplier=1.01, cap=5.0)):
+        assert 0 < policy.delay(attempt, rand=lambda: 1.0) <= policy.cap
+        assert 0 < policy.delay(attempt, rand=lambda: 0.0) <= policy.cap
+        assert (retry.wait_before_retry(policy, attempt, None, 10.0, rand=lambda: 0.5) or 0) <= policy.cap
+    assert 0 < poll_delay(attempt) <= MAX_POLL
+
+
+@given(st.floats(1e-4, 10), st.floats(1.0, 4.0), st.floats(1e-3, 100), huge_attempts)
+def test_capped_exponential_is_the_capped_power(initial: float, multiplier: float, cap: float, step: int) -> None:
+    value = retry.capped_exponential(initial, multiplier, cap, step)
+    assert 0 < value <= max(cap, 0) or value == min(cap, initial)
+    assert value <= cap
+    if step <= 40:  # small enough to compute directly: the same figure as the naive formula
+        assert value == pytest.approx(min(cap, initial * multiplier**step), rel=1e-9)
