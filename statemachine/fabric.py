@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from statemachine import AGENT_NAME, __version__
 from statemachine.errors import FabricError, GoneError
+from statemachine.health import JSON_HEADERS, XML_HEADERS
 from statemachine.requests_lean import requests
 from statemachine.retry import parse_retry_after
 
@@ -170,7 +171,7 @@ class WireServer:
         return body
 
     def post_health(self, body: bytes) -> None:
-        headers = {**self.headers, "Content-Type": "text/xml; charset=utf-8"}
+        headers = {**self.headers, **XML_HEADERS}
         # A 200 is the WireServer taking the report; what follows it must not make us post it twice.
         status, answer_headers, _ = self.http.request("POST", f"{self.base_url}/machine?comp=health", headers,
                                                       body, endpoint="health", read_body=False)
@@ -180,7 +181,7 @@ class WireServer:
 
     def post_provisioning_health(self, body: bytes) -> None:
         """azure-init's JSON endpoint; the same retry rules as the XML one."""
-        headers = {**self.headers, "Content-Type": "application/json", "x-ms-guest-agent-name": AGENT_NAME}
+        headers = {**self.headers, **JSON_HEADERS}
         status, answer_headers, _ = self.http.request("POST", f"{self.base_url}/provisioning/health", headers,
                                                       body, endpoint="provisioning_health", read_body=False)
         if status == 410:

@@ -17,10 +17,10 @@ from statemachine import persistence, retry
 from statemachine.context import Context, Outcome
 from statemachine.errors import AgentError, BudgetExhausted, FabricError, StateFileError, Terminated
 from statemachine.failpoints import failpoint
+from statemachine.health import failure_report
 from statemachine.log import fields
 from statemachine.machine import TERMINAL, Agent, Phase, build_machine
 from statemachine.persistence import Record
-from statemachine.report import failure_report
 from statemachine.resume import with_transition
 from statemachine.timeutil import utc_now
 

@@ -1,47 +1,23 @@
 """What azprov tells the Hyper-V host through KVP: an event per state entered and left, and the report.
 
-Records (the pool format is `statemachine.kvp`'s):
-
-    key   azprov|<vm_id>|<enter|leave>|<state>|<run>.<seq>
-    value name=<state>|event=<enter|leave>|result=<success|error|retry|->|duration_s=<s>|msg=<text>
-          |timestamp=<utc>
-    key   PROVISIONING_REPORT
-    value the report line of `statemachine.report` (the same text as the failure Description)
-
-`<run>` is random per process and `<seq>` counts the run's events, so keys never collide within a boot (the
-host sees the pool as a dictionary) and sort in the order they were written. Values use the report's
-escaping. A disabled or absent pool makes every call a no-op.
+The texts (keys, values, the report line) are `statemachine.health`'s; the pool format is `statemachine.kvp`'s.
+`<run>` in an event key is random per process and `<seq>` counts the run's events, so keys never collide
+within a boot (the host sees the pool as a dictionary) and sort in the order they were written. A disabled
+or absent pool makes every call a no-op.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Callable
 
+from statemachine.health import REPORT_KEY, event_key, event_value, report_fields
 from statemachine.kvp import KvpPool
 from statemachine.log import fields
-from statemachine.report import encode_fields, report_fields
 from statemachine.timeutil import utc_now
 
 log = logging.getLogger(__name__)
-
-REPORT_KEY = "PROVISIONING_REPORT"
-PREFIX = "azprov"
-_NAME_BAD = re.compile(r"[^a-z0-9_.-]")
-
-
-def event_key(vm_id: str | None, kind: str, name: str, run_id: str, seq: int) -> str:
-    safe = _NAME_BAD.sub("_", name.lower())[:64] or "_"
-    vm = _NAME_BAD.sub("_", (vm_id or "unknown").lower())[:64]
-    return f"{PREFIX}|{vm}|{kind}|{safe}|{run_id}.{seq:03d}"
-
-
-def event_value(name: str, kind: str, result: str, duration_s: float | None, msg: str, timestamp: str) -> str:
-    duration = "" if duration_s is None else f"{duration_s:.3f}"
-    return encode_fields([("name", name), ("event", kind), ("result", result), ("duration_s", duration),
-                          ("msg", msg.replace("\x00", "")), ("timestamp", timestamp)])
 
 
 class Telemetry:

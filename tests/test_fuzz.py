@@ -16,17 +16,18 @@ from typing import Any
 import pytest
 from conftest import FIXTURES
 from fakefabric import GOAL_STATE
+from healthparse import parse_health
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from statemachine import config, persistence, retry, status
 from statemachine.errors import AgentError, ConfigError, GoalStateError, MetadataError, StateFileError
+from statemachine.health import MAX_DESCRIPTION, HealthReport, failure_description, render_health
 from statemachine.phase import Phase
 from statemachine.resume import plan_start, with_transition
 from states.configure import Facts, hostname
 from states.goalstate import GoalState, parse_goal_state
 from states.imds import Instance, parse_instance
-from states.reporting import MAX_DESCRIPTION, HealthReport, failure_description, parse_health, render_health
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VALID_GS = GOAL_STATE.format(incarnation="3", container_id="c-1", instance_id="i-1").encode()
@@ -287,7 +288,7 @@ def test_ovf_env_mutations_parse_or_raise_media_error(data: st.DataObject) -> No
 @FUZZ
 @given(st.binary(max_size=200) | json_value.map(lambda v: json.dumps(v).encode()))
 def test_json_health_parses_or_raises_goal_state_error(body: bytes) -> None:
-    from states.reporting_json import parse_provisioning_health
+    from healthparse import parse_provisioning_health
 
     try:
         parse_provisioning_health(body)
@@ -307,7 +308,7 @@ def test_kvp_pool_bytes_always_decode(data: bytes) -> None:
 @FUZZ
 @given(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=40)), max_size=6))
 def test_report_fields_round_trip(items: list[tuple[str, str]]) -> None:
-    from statemachine import report
+    from statemachine import health as report
 
     decoded = report.decode_fields(report.encode_fields(items))
     assert [v for _, v in decoded] == [v for _, v in items] or not items

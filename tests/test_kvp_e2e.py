@@ -18,8 +18,8 @@ from typing import Any
 from conftest import Env
 from fakefabric import FakeFabric
 
+from statemachine.health import report_fields
 from statemachine.kvp import RECORD_SIZE, KvpRecord, decode_pool, decode_raw
-from statemachine.report import report_fields
 
 HEALTH_ROUTES = ("health", "provisioning_health")
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from healthparse import parse_health
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
 from statemachine.errors import GoalStateError
+from statemachine.health import HealthReport, render_health
 from states.goalstate import GoalState, parse_goal_state
-from states.reporting import HealthReport, parse_health, render_health
 
 # lxml refuses control characters, surrogates and unassigned code points; ids are trimmed by the parser.
 xml_text = st.text(st.characters(exclude_categories=("Cc", "Cs", "Cn", "Co"), exclude_characters="\ufffe\uffff"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from statemachine.health import REPORT_KEY, event_key, report_fields, success_report
 from statemachine.kvp import MAX_KEY_BYTES, KvpPool
-from statemachine.report import report_fields, success_report
-from statemachine.telemetry import REPORT_KEY, Telemetry, event_key
+from statemachine.telemetry import Telemetry
 
 
 def telemetry(tmp_path: Path) -> Telemetry:

@@ -1,0 +1,81 @@
+"""Text that fits wherever azprov writes it: the record, a log line, an XML or JSON body, a KVP record.
+
+Any value that came from outside (IMDS, the provisioning media, a library's error message) may hold what
+JSON allows but those places do not: lone surrogates (UTF-8 cannot carry them, so the record could not be
+saved), the noncharacters U+FFFE/U+FFFF (XML refuses them, so no report could be built) and the other
+noncharacters, and C0 control characters other than tab, newline and carriage return. `clean` replaces each
+with U+FFFD, so the text stays visibly damaged where it was damaged, and cuts it to a length.
+
+Cutting keeps both ends, at word boundaries: our own words come first and the root cause last ("… Connection
+refused"), so the middle (a library's repr, a URL) is what goes. Pure; no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+REPLACEMENT = "\ufffd"
+MARK = " … "  # where a cut text lost its middle
+_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
+    f"{chr(plane * 0x10000 + 0xFFFE)}{chr(plane * 0x10000 + 0xFFFF)}" for plane in range(17))
+_UNREPRESENTABLE = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff{_NONCHARACTERS}]")
+_WORD_SLACK = 24  # how far a cut may move to reach a space before it cuts a word instead
+MAX_INT_BITS = 3322  # about 1000 decimal digits: no value of ours is longer (Python refuses str() past 4300)
+
+
+def representable(text: str) -> str:
+    """`text` with every unrepresentable character replaced by U+FFFD."""
+    return _UNREPRESENTABLE.sub(REPLACEMENT, text)
+
+
+def clean(text: str, limit: int | None = None) -> str:
+    """Representable everywhere, and at most `limit` characters (None: any length)."""
+    text = representable(text)
+    if limit is None or len(text) <= limit:
+        return text
+    if limit <= len(MARK) + 8:  # too short to keep both ends: the end names the cause
+        return text[len(text) - max(limit, 0):]
+    room = limit - len(MARK)
+    head_room = room // 3
+    head = text[:head_room]
+    space = head.rfind(" ")
+    if space >= head_room - _WORD_SLACK and space > 0:
+        head = head[:space]
+    tail_room = limit - len(MARK) - len(head)
+    tail = text[len(text) - tail_room:]
+    space = tail.find(" ")
+    if 0 <= space <= _WORD_SLACK and space < len(tail) - 1:
+        tail = tail[space + 1:]
+    return head.rstrip() + MARK + tail.lstrip()
+
+
+def clean_json(value: Any, limit: int | None = None) -> Any:
+    """A decoded JSON value made storable: every string (keys too) cleaned, non-finite floats and
+    integers beyond MAX_INT_BITS replaced by a string saying so. Containers are rebuilt."""
+    if isinstance(value, str):
+        return clean(value, limit)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= MAX_INT_BITS else "<integer too large>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {clean(str(k)): clean_json(v, limit) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v, limit) for v in value]
+    return clean(str(value), limit)
+
+
+def parse_bool(value: object) -> bool | None:
+    """The one reading of a true/false setting: a JSON boolean, or "true"/"false" in any case (what IMDS
+    and ovf-env.xml send). None for absent or empty; anything else raises ValueError."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError("not true or false")
