@@ -141,7 +141,7 @@ def _steps(v: Any) -> str | None:
 
 
 def _group_names(v: Any) -> str | None:
-    bad = [g for g in v if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", g)]
+    bad = [g for g in v if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", g)]
     return f"not group names: {', '.join(map(repr, bad))}" if bad else None
 
 

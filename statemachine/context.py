@@ -92,7 +92,7 @@ class Context:
             from statemachine.kvp import KvpPool
 
             kvp = self.config.kvp
-            self.telemetry = Telemetry(KvpPool(self.root_path(kvp.pool_path)) if kvp.enabled else None)
+            self.telemetry = Telemetry(KvpPool(self.root_path(kvp.pool_path), root=self.root) if kvp.enabled else None)
         return self.telemetry
 
     def wire(self) -> WireServerClient:

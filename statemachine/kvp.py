@@ -30,7 +30,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from statemachine.errors import KvpError
+from statemachine import fs
+from statemachine.errors import AgentError, KvpError
 from statemachine.log import fields
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ RECORD_SIZE = KEY_SIZE + VALUE_SIZE
 MAX_KEY_BYTES = 254  # what survives the kernel's UTF-8 -> UTF-16 conversion untruncated
 MAX_VALUE_BYTES = 1022
 DEFAULT_POOL = "/var/lib/hyperv/.kvp_pool_1"
-LOCK_WAIT = 5.0  # seconds; a stuck lock holder must not stall provisioning
+LOCK_WAIT = 1.0  # seconds, once per run: a stuck lock holder must not stall provisioning
 
 _PART = re.compile(r"^(?P<base>.*)\|(?P<i>[1-9][0-9]*)/(?P<n>[1-9][0-9]*)$", re.DOTALL)
 
@@ -168,11 +169,20 @@ def boot_time(proc_stat: Path = Path("/proc/stat")) -> float | None:
 
 
 class KvpPool:
-    """Appends records to one pool file. Never raises: KVP must not be why provisioning fails."""
+    """Appends records to one pool file. Never raises and never waits twice: KVP must not be why
+    provisioning fails or is late. The file is reached from `root` through `statemachine.fs`, so a
+    symlinked pool or pool directory, a hard-linked pool, a FIFO or a socket in its place is refused
+    (once, logged) instead of followed or waited on; after any failure the pool is left alone for the
+    rest of the run."""
 
     def __init__(self, path: Path, boot: Callable[[], float | None] = boot_time,
-                 lock_wait: float = LOCK_WAIT, sleep: Callable[[float], None] = time.sleep) -> None:
+                 lock_wait: float = LOCK_WAIT, sleep: Callable[[float], None] = time.sleep,
+                 root: Path = Path("/")) -> None:
         self.path = path
+        try:
+            self.base, self.rel = root, str(path.relative_to(root))
+        except ValueError:
+            self.base, self.rel = path.parent, path.name
         self.boot = boot
         self.lock_wait = lock_wait
         self.sleep = sleep
@@ -187,24 +197,26 @@ class KvpPool:
         except KvpError as e:
             log.warning("KVP record not written", extra=fields(reason=str(e)))
             return False
-        if not self.path.parent.is_dir():
+        if self._said_failed:
+            return False
+        try:
+            fd = fs.open_append(self.base, self.rel, 0o644)
+            if fd is not None:
+                self._append(fd, b"".join(records))
+        except (OSError, AgentError) as e:  # KvpError, fs.Refused
+            log.warning("KVP pool not writable; telemetry lost for this run", extra=fields(
+                path=str(self.path), error=getattr(e, "strerror", None) or str(e)))
+            self._said_failed = True
+            return False
+        if fd is None:
             if not self._said_absent:  # once: on a non-Hyper-V machine this is normal, not news
                 log.debug("KVP pool directory absent (no Hyper-V KVP daemon); not writing KVP",
                           extra=fields(path=str(self.path.parent)))
                 self._said_absent = True
             return False
-        try:
-            self._append(b"".join(records))
-        except (OSError, KvpError) as e:
-            if not self._said_failed:
-                log.warning("KVP pool not writable; telemetry lost", extra=fields(
-                    path=str(self.path), error=getattr(e, "strerror", None) or str(e)))
-                self._said_failed = True
-            return False
         return True
 
-    def _append(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _append(self, fd: int, data: bytes) -> None:
         try:
             self._lock(fd)
             self._truncate_if_stale(fd)

@@ -1,7 +1,8 @@
 """The persisted record: what a later boot needs to resume, and what `azprov --status` shows.
 
-Owns the JSON schema, the atomic save (temp file in the same directory, fsync, rename, fsync the directory)
-and a defensive load. It never decides what a record means for the run: that is the runner's job.
+Owns the JSON schema, the save (`fs.atomic_write`: 0600 in a 0700 directory, never through a link) and a
+defensive load (`text.decode_json`: anything JSON-invalid, NaN, 1e999 or a 5000-digit number is refused).
+It never decides what a record means for the run: that is the runner's job.
 A record that cannot be trusted (not JSON, unknown schema, wrong types, a symlink, someone else's file)
 raises `StateFileError`; `quarantine()` moves it aside as `*.corrupt-<time>` so provisioning can start fresh
 and the evidence survives for support.
@@ -9,20 +10,21 @@ and the evidence survives for support.
 
 from __future__ import annotations
 
-import errno
+import fnmatch
 import json
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from statemachine import fs
 from statemachine.errors import StateFileError
 from statemachine.failpoints import failpoint
 from statemachine.phase import Phase
+from statemachine.text import clean_json, decode_json
 
 SCHEMA = 1
 STATE_FILE = "state.json"
@@ -143,10 +145,16 @@ def from_json(data: Any) -> Record:
 
 
 def ensure_state_dir(state_dir: Path) -> None:
-    """Create the directory 0700, and refuse one we do not own or that others may write to."""
+    """Create the directory 0700 (whatever the umask), and refuse one that is a link, that we do not own
+    or that others may write to."""
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        state_dir.parent.mkdir(parents=True, exist_ok=True)  # /var/lib: the system's, trusted as given
+        if not os.path.lexists(state_dir):
+            fs.make_dir(state_dir.parent, state_dir.name, 0o700)
         st = os.lstat(state_dir)
+    except fs.Refused as e:
+        raise StateFileError("state directory is not a directory", path=str(state_dir),
+                             found=e.supporting_data.get("found")) from e
     except OSError as e:
         raise StateFileError("state directory cannot be created", path=str(state_dir), error=e.strerror) from e
     if not stat.S_ISDIR(st.st_mode):
@@ -164,30 +172,23 @@ def ensure_state_dir(state_dir: Path) -> None:
 def read_bytes(path: Path) -> bytes | None:
     """The record's raw bytes, or None when there is none. Never follows a symlink."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
+        found = fs.read_file(path.parent, path.name, MAX_RECORD_BYTES, owner=os.geteuid(), private=True)
+    except fs.Refused as e:
+        what = str(e.supporting_data.get("found", ""))
+        if what.startswith("a symlink"):
             raise StateFileError("state record is a symlink; refusing to follow it", path=str(path)) from e
-        raise StateFileError("state record is unreadable", path=str(path), error=e.strerror) from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise StateFileError("state record is not a regular file", path=str(path))
-        if st.st_uid != os.geteuid():
-            raise StateFileError("state record is owned by another user", path=str(path), uid=st.st_uid)
-        if st.st_mode & 0o022:
+        if "uid" in e.supporting_data:
+            raise StateFileError("state record is owned by another user", path=str(path),
+                                 uid=e.supporting_data["uid"]) from e
+        if "mode" in e.supporting_data:
             raise StateFileError("state record is writable by others", path=str(path),
-                                 mode=oct(st.st_mode & 0o777))
-        data = os.read(fd, MAX_RECORD_BYTES + 1)
+                                 mode=e.supporting_data["mode"]) from e
+        if "limit" in e.supporting_data:
+            raise StateFileError("state record is too large", path=str(path), limit=MAX_RECORD_BYTES) from e
+        raise StateFileError("state record is not a regular file", path=str(path), found=what) from e
     except OSError as e:
         raise StateFileError("state record is unreadable", path=str(path), error=e.strerror) from e
-    finally:
-        os.close(fd)
-    if len(data) > MAX_RECORD_BYTES:
-        raise StateFileError("state record is too large", path=str(path), limit=MAX_RECORD_BYTES)
-    return data
+    return None if found is None else found.data
 
 
 def load(path: Path) -> Record | None:
@@ -195,59 +196,40 @@ def load(path: Path) -> Record | None:
     if data is None:
         return None
     try:
-        document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: "[[[[…"
-        raise StateFileError("state record is not valid JSON", path=str(path), error=str(e)[:200]) from e
+        document = decode_json(data)
+    except ValueError as e:
+        raise StateFileError("state record is not valid JSON", path=str(path), error=str(e)) from e
     return from_json(document)
 
 
+def dumps(record: Record) -> str:
+    """The record as saved: every text made representable first (text.clean_json), so any record saves."""
+    return json.dumps(clean_json(to_json(record)), sort_keys=True, indent=1, ensure_ascii=False,
+                      allow_nan=False) + "\n"
+
+
 def save(path: Path, record: Record) -> None:
-    text = json.dumps(to_json(record), sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+    text = dumps(record)
     failpoint("persist.before_write")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+        fs.atomic_write(path.parent, path.name, text.encode("utf-8"), 0o600, dir_mode=0o700,
+                        before_rename=lambda: failpoint("persist.before_rename"),
+                        after_rename=lambda: failpoint("persist.after_rename"))
+    except fs.Refused as e:
+        raise StateFileError("state record cannot be written", path=str(path), **e.supporting_data) from e
     except OSError as e:
         raise StateFileError("state record cannot be written", path=str(path), error=e.strerror) from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        failpoint("persist.before_rename")
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise StateFileError("state record cannot be written", path=str(path), error=e.strerror) from e
-        raise
-    failpoint("persist.after_rename")
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dirfd)  # make the rename itself durable across a power cut
-    except OSError:
-        pass
-    finally:
-        os.close(dirfd)
 
 
 def set_aside(path: Path, suffix: str) -> Path | None:
     """Rename the record (or a symlink in its place, without following it) to `<name>.<suffix>`."""
     target = path.with_name(f"{path.name}.{suffix}")
     try:
-        os.replace(path, target)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise StateFileError("state record cannot be moved aside", path=str(path), error=e.strerror) from e
-    _fsync_dir(path.parent)
-    return target
+        moved = fs.rename(path.parent, path.name, target.name)
+    except (OSError, fs.Refused) as e:
+        raise StateFileError("state record cannot be moved aside", path=str(path),
+                             error=getattr(e, "strerror", None) or str(e)) from e
+    return target if moved else None
 
 
 def remove_stale_temps(path: Path) -> list[str]:
@@ -256,12 +238,17 @@ def remove_stale_temps(path: Path) -> list[str]:
     Only call this while holding the run lock: another run's temp file is not stale while it is saving.
     Best effort: a leftover we cannot remove costs disk space, not correctness."""
     removed = []
-    for stale in path.parent.glob(f".{path.name}-*.tmp"):
-        try:
-            stale.unlink()
-            removed.append(stale.name)
-        except OSError:
-            pass
+    try:
+        entries = fs.names(path.parent)
+    except (OSError, fs.Refused):
+        return []
+    for name in entries:
+        if fnmatch.fnmatchcase(name, f".{path.name}-*.tmp"):
+            try:
+                fs.remove(path.parent, name)
+                removed.append(name)
+            except (OSError, fs.Refused):
+                pass
     return removed
 
 

@@ -24,8 +24,8 @@ def plan_start(record: Record | None, vm_id: str | None, max_boot_attempts: int,
         return "fresh", fresh_record(vm_id, now)
     if vm_id is not None and record.vm_id is not None and record.vm_id != vm_id:
         return "new_vm", fresh_record(vm_id, now)
-    if record.vm_id is None and vm_id is not None:
-        record = record._replace(vm_id=vm_id, vm_id_source="smbios")
+    if vm_id is not None and record.vm_id is None:  # a record without identity proves nothing
+        return "new_vm", fresh_record(vm_id, now)
     if record.state is Phase.DONE:
         return "done", record
     if record.state is Phase.FAILED:

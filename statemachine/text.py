@@ -21,6 +21,7 @@ MARK = " … "  # where a cut text lost its middle
 _NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
     f"{chr(plane * 0x10000 + 0xFFFE)}{chr(plane * 0x10000 + 0xFFFF)}" for plane in range(17))
 _UNREPRESENTABLE = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff{_NONCHARACTERS}]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _WORD_SLACK = 24  # how far a cut may move to reach a space before it cuts a word instead
 MAX_INT_BITS = 3322  # about 1000 decimal digits: no value of ours is longer (Python refuses str() past 4300)
 
@@ -52,10 +53,11 @@ def clean(text: str, limit: int | None = None) -> str:
 
 
 def clean_json(value: Any, limit: int | None = None) -> Any:
-    """A decoded JSON value made storable: every string (keys too) cleaned, non-finite floats and
-    integers beyond MAX_INT_BITS replaced by a string saying so. Containers are rebuilt."""
+    """A JSON value made storable as UTF-8 JSON: lone surrogates in every string (keys too) replaced,
+    non-finite floats and integers beyond MAX_INT_BITS replaced by a string saying so; everything else
+    UTF-8 carries is kept as it is. Containers are rebuilt."""
     if isinstance(value, str):
-        return clean(value, limit)
+        return _SURROGATES.sub(REPLACEMENT, value if limit is None else clean(value, limit))
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -63,10 +65,10 @@ def clean_json(value: Any, limit: int | None = None) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, dict):
-        return {clean(str(k)): clean_json(v, limit) for k, v in value.items()}
+        return {_SURROGATES.sub(REPLACEMENT, str(k)): clean_json(v, limit) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [clean_json(v, limit) for v in value]
-    return clean(str(value), limit)
+    return clean_json(str(value), limit)
 
 
 def parse_bool(value: object) -> bool | None:
@@ -79,3 +81,28 @@ def parse_bool(value: object) -> bool | None:
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     raise ValueError("not true or false")
+
+
+def _finite(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number {clean(literal, 40)} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(raw: bytes, encoding: str = "utf-8") -> Any:
+    """The one JSON reader for outside documents (IMDS, the record). Every way decoding can fail raises
+    ValueError with a short message: bad UTF-8, bad syntax, NaN/Infinity (not JSON), numbers that overflow
+    to infinity (1e999), integers past Python's int-string limit, nesting deeper than the stack."""
+    import json
+
+    try:
+        return json.loads(raw.decode(encoding), parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("document is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        raise ValueError(clean(str(e), 200)) from None

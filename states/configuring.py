@@ -11,12 +11,13 @@ password, which the record never holds. The media's CustomData is saved to `<sta
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
+from statemachine import fs
 from statemachine.context import Context, Outcome
 from statemachine.errors import AgentError, ConfigureError, MediaError, RecoverableError
 from statemachine.failpoints import failpoint
-from statemachine.fsutil import atomic_write
 from statemachine.log import fields
 from statemachine.persistence import Record
 from statemachine.timeutil import utc_now
@@ -67,11 +68,16 @@ def save_custom_data(ctx: Context, env: OvfEnv | None) -> bool:
     """CustomData goes to <state_dir>/custom_data, 0600, as given (never executed, never logged)."""
     if env is None or env.custom_data is None:
         return False
-    path = ctx.config.state_dir / CUSTOM_DATA
+    state_dir = ctx.config.state_dir
+    path = state_dir / CUSTOM_DATA
     try:
-        if path.exists() and not path.is_symlink() and path.read_bytes() == env.custom_data:
+        try:
+            found = fs.read_file(state_dir, CUSTOM_DATA, len(env.custom_data), owner=os.geteuid())
+        except fs.Refused:
+            found = None  # not ours as it stands (a link, too large): replaced below
+        if found is not None and found.data == env.custom_data:
             return False
-        atomic_write(path, env.custom_data, mode=0o600)
+        fs.atomic_write(state_dir, CUSTOM_DATA, env.custom_data, 0o600, dir_mode=0o700)
     except OSError as e:
         raise ConfigureError("CustomData cannot be saved", path=str(path), error=e.strerror) from e
     log.info("CustomData saved", extra=fields(path=str(path), size=len(env.custom_data)))

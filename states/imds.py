@@ -6,10 +6,10 @@ sets something like `vmss_1`, not a valid hostname), kept only as a fallback.
 
 from __future__ import annotations
 
-import json
 from typing import Any, NamedTuple
 
 from statemachine.errors import MetadataError
+from statemachine.text import clean, decode_json, parse_bool
 
 MAX_DOCUMENT = 4 << 20
 
@@ -47,11 +47,11 @@ def _obj(obj: dict[str, Any], key: str, where: str) -> dict[str, Any]:
 
 
 def _bool_string(value: str | None, field: str) -> bool | None:
-    if value is None or value == "":
-        return None
-    if value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise MetadataError("instance metadata field is not \"true\" or \"false\"", field=field, value=value[:32])
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise MetadataError("instance metadata field is not \"true\" or \"false\"", field=field,
+                            value=clean(value or "", 32)) from None
 
 
 def _keys(compute: dict[str, Any]) -> tuple[PublicKey, ...]:
@@ -76,9 +76,9 @@ def parse_instance(body: bytes) -> Instance:
     if len(body) > MAX_DOCUMENT:
         raise MetadataError("instance metadata is too large", size=len(body), limit=MAX_DOCUMENT)
     try:
-        doc = json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        error = MetadataError("instance metadata is not valid JSON", error=str(e)[:200])
+        doc = decode_json(body, "utf-8-sig")
+    except ValueError as e:  # every way decoding fails, NaN, 1e999 and 5000-digit numbers included
+        error = MetadataError("instance metadata is not valid JSON", error=str(e))
         error.retryable = True  # truncated or an error page: IMDS may answer properly next time
         raise error from e
     if not isinstance(doc, dict):

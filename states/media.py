@@ -27,8 +27,10 @@ from typing import Callable, NamedTuple
 
 from lxml import etree
 
+from statemachine import fs
 from statemachine.errors import MediaError
 from statemachine.log import fields
+from statemachine.text import clean, parse_bool
 from states import xmlutil
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 OVF_NS = "http://schemas.dmtf.org/ovf/environment/1"
 WA_NS = "http://schemas.microsoft.com/windowsazure"
 FILENAME = "ovf-env.xml"
+WHAT = "ovf-env.xml"
 MAX_FILE = xmlutil.MAX_DOCUMENT
 MAX_VALUE = 128 << 10  # CustomData is at most 64 KiB once decoded; its base64 form fits in this
 FSTYPES = ("udf", "iso9660")
@@ -64,42 +67,28 @@ class OvfEnv:
 # ---- pure parsing ---------------------------------------------------------------------------------------
 
 def _is(element: etree._Element, ns: str, name: str) -> bool:
-    tag = element.tag
-    return isinstance(tag, str) and etree.QName(tag).namespace == ns and etree.QName(tag).localname == name
+    return xmlutil.is_(element, name, ns)
 
 
 def _children(element: etree._Element, name: str, ns: str = WA_NS) -> list[etree._Element]:
-    return [c for c in element if _is(c, ns, name)]
+    return list(xmlutil.children(element, name, ns))
 
 
 def _one(element: etree._Element, name: str, required: bool = True) -> etree._Element | None:
-    found = _children(element, name)
-    if len(found) > 1:
-        raise MediaError("ovf-env.xml has a duplicate element", element=name)
-    if not found and required:
-        raise MediaError("ovf-env.xml lacks a required element", element=name)
-    return found[0] if found else None
+    return xmlutil.only_child(element, name, WHAT, MediaError, required=required, ns=WA_NS)
 
 
 def _text(element: etree._Element, name: str, required: bool = False) -> str | None:
     """The stripped text of the one child `name`; None when absent or empty (unless required)."""
-    child = _one(element, name, required=required)
-    value = (child.text or "").strip() if child is not None else ""
-    if len(value) > MAX_VALUE:
-        raise MediaError("ovf-env.xml has an overlong value", element=name, length=len(value))
-    if not value:
-        if required:
-            raise MediaError("ovf-env.xml has an empty required element", element=name)
-        return None
-    return value
+    return xmlutil.optional_text(element, name, WHAT, MediaError, ns=WA_NS, limit=MAX_VALUE, required=required)
 
 
 def _bool(value: str | None, name: str) -> bool | None:
-    if value is None:
-        return None
-    if value.lower() not in ("true", "false"):
-        raise MediaError('ovf-env.xml value is not "true" or "false"', element=name, value=value[:32])
-    return value.lower() == "true"
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise MediaError('ovf-env.xml value is not "true" or "false"', element=name,
+                         value=clean(value or "", 32)) from None
 
 
 def _custom_data(value: str | None) -> tuple[bytes | None, tuple[str, ...]]:
@@ -214,7 +203,7 @@ Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[bytes]"]
 
 
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False)
+    return fs.run(argv, argv[0], error=MediaError, check=False)
 
 
 def _mount(device: str, target: str, fstypes: Sequence[str], run: Runner) -> str:

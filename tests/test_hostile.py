@@ -421,6 +421,14 @@ _WRITE_CALLS = ("openat", "open", "creat", "rename", "renameat", "renameat2", "u
                 "link", "linkat", "truncate", "sethostname", "setdomainname", "connect")
 
 
+_AT_PATH = re.compile(r'(?:\d+|AT_FDCWD)<([^>]*)>, "([^"]*)"')  # dirfd</its/path>, "name" -> "/its/path/name"
+
+
+def _absolute(m: re.Match[str]) -> str:
+    directory, name = m.group(1), m.group(2)
+    return f'"{name if name.startswith("/") else directory + "/" + name}"'
+
+
 @pytest.mark.skipif(not __import__("shutil").which("strace"), reason="strace not installed")
 @pytest.mark.parametrize("script", [
     pytest.param({}, id="clean-run"),
@@ -432,8 +440,9 @@ def test_strace_shows_writes_only_under_tmp_and_connects_only_to_loopback(
     for route, answers in script.items():
         fabric.set_script(route, answers)
     trace = vm.tmp / "strace.log"
-    argv = ["strace", "-f", "-qq", "-e", "trace=" + ",".join(_WRITE_CALLS), "-e", "signal=none", "-o", str(trace),
-            *vm.argv()]
+    # -y names every descriptor's path: writes go relative to directory descriptors (openat-style walks).
+    argv = ["strace", "-f", "-qq", "-y", "-e", "trace=" + ",".join(_WRITE_CALLS), "-e", "signal=none",
+            "-o", str(trace), *vm.argv()]
     out = subprocess.run(argv, env={**vm.env(), "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True,
                          timeout=60, cwd=REPO)
     assert out.returncode in (0, 1), out.stdout + out.stderr
@@ -455,6 +464,7 @@ def test_strace_shows_writes_only_under_tmp_and_connects_only_to_loopback(
             continue  # reading is fine
         if "= -1" in call:
             continue  # a refused attempt changed nothing
+        call = _AT_PATH.sub(_absolute, call)
         paths = re.findall(r'"([^"]*)"', call)
         assert paths, call
         assert all(p.startswith((tmp, "/dev/null", "/dev/tty", "/proc/self/")) for p in paths), call

@@ -13,18 +13,17 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 
+from statemachine import fs
 from statemachine.context import Context
 from statemachine.errors import HostnameError, RecoverableError
-from statemachine.fsutil import atomic_write
 from statemachine.log import fields
 from states.configure import Change, Facts
 
 log = logging.getLogger(__name__)
 
 MAX_LENGTH = 63  # HOST_NAME_MAX is 64 including the terminating NUL
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")  # whole label: fullmatch
 
 
 def validate(name: str) -> str | None:
@@ -38,7 +37,7 @@ def validate(name: str) -> str | None:
     if name.endswith("."):
         return "ends with a dot"
     for label in name.split("."):
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             return f"label {label!r} is not 1-63 letters, digits or inner hyphens"
     return None
 
@@ -67,9 +66,10 @@ def choose(facts: Facts) -> tuple[str, str]:
 def current(ctx: Context) -> str:
     if ctx.config.hostname.method == "file":
         try:
-            return ctx.root_path("/etc/hostname").read_text().strip() or "unset"
-        except OSError:
-            return "unset"
+            found = fs.read_file(ctx.root, "etc/hostname", 4096)
+        except (OSError, fs.Refused):
+            return "unset"  # rewritten: the rename replaces whatever name is there
+        return (found.data.decode("utf-8", "replace").strip() if found else "") or "unset"
     return socket.gethostname()
 
 
@@ -116,15 +116,12 @@ def _resolve_method(ctx: Context) -> str:
 
 
 def _hostnamectl(name: str) -> None:
-    try:
-        subprocess.run(["hostnamectl", "set-hostname", "--", name], check=True, timeout=30,
-                       stdin=subprocess.DEVNULL, capture_output=True)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise HostnameError("hostnamectl set-hostname failed", hostname=name, error=str(e)[:200]) from e
+    fs.run(["hostnamectl", "set-hostname", "--", name], "hostnamectl set-hostname", timeout=30,
+           error=HostnameError)
 
 
 def _write_file(ctx: Context, name: str) -> None:
     try:
-        atomic_write(ctx.root_path("/etc/hostname"), (name + "\n").encode("ascii"))
+        fs.atomic_write(ctx.root, "etc/hostname", (name + "\n").encode("ascii"))
     except OSError as e:
         raise HostnameError("writing /etc/hostname failed", hostname=name, error=e.strerror) from e

@@ -3,25 +3,23 @@
 Pure part: `check_keys` validates key lines (a known type, a base64 body whose embedded type matches) and
 `merge_authorized_keys` adds the valid ones to an existing file's text, keeping every existing line and never
 repeating a key already there (with or without options or comment). I/O part: each key goes to its `path`,
-which must resolve inside the user's home (default `~/.ssh/authorized_keys`). Below the home every
-component is opened relative to its parent's file descriptor with O_NOFOLLOW, so a symlink planted in the
-home (`.ssh -> /root/.ssh`) stops the step instead of redirecting the write; the file is replaced
-atomically (temp file, fsync, rename, fsync directory), mode 0600 in a 0700 directory, owned by the user.
+which must resolve inside the user's home (default `~/.ssh/authorized_keys`). Every component from
+`paths.root` down is walked by `statemachine.fs` without following links, so a symlink planted anywhere on
+the way (`.ssh -> /root/.ssh`, a home that is a link) stops the step instead of redirecting the write, and a
+hard-linked key file is never read into the new one; the file is replaced atomically, mode 0600 in a 0700
+directory, owned by the user.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import logging
 import os
 import posixpath
-import secrets
-import stat
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
+from statemachine import fs
 from statemachine.context import Context
 from statemachine.errors import ConfigureError, RecoverableError
 from statemachine.log import fields
@@ -140,119 +138,55 @@ def resolve_path(home: str, path: str | None) -> str:
     return posixpath.relpath(full, home)
 
 
-# ---- I/O: walking the home with directory file descriptors ---------------------------------------------
+# ---- I/O: through statemachine.fs, from paths.root down ------------------------------------------------
 
-def _refuse(e: OSError, where: str) -> RecoverableError:
-    if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
-        return RecoverableError("symlink or non-directory in the user's home; refusing to follow it", path=where)
-    return RecoverableError("SSH key file cannot be written", path=where, error=e.strerror)
+def _home(ctx: Context, account: Account) -> str:
+    """The home relative to paths.root; it must exist (the user step made it), reached without links."""
+    home = posixpath.normpath("/" + account.home).lstrip("/")
+    with fs.directory(ctx.root, home) as fd:
+        if fd is None:
+            raise RecoverableError("user's home directory does not exist", home=account.home)
+    return home
 
 
-@contextmanager
-def _parent_dir(ctx: Context, account: Account, rel: str, create: bool) -> Iterator[int | None]:
-    """A descriptor of the key file's directory, walked from the home without following symlinks.
-    Yields None when a directory is missing and `create` is false."""
-    opened: list[int] = []
+def _read_existing(ctx: Context, full: str, rel: str) -> tuple[str, os.stat_result | None]:
     try:
-        try:
-            fd = os.open(ctx.root_path(account.home), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as e:
-            raise RecoverableError("user's home directory cannot be opened", home=account.home,
-                                   error=e.strerror) from e
-        opened.append(fd)
-        parts = rel.split("/")[:-1]
-        for i, part in enumerate(parts):
-            try:
-                fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    yield None
-                    return
-                try:
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                    fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                    os.fchown(fd, account.uid, account.gid)
-                except OSError as e:
-                    raise _refuse(e, "/".join(parts[:i + 1])) from e
-            except OSError as e:
-                raise _refuse(e, "/".join(parts[:i + 1])) from e
-            opened.append(fd)
-        yield fd
-    finally:
-        for fd in opened:
-            os.close(fd)
-
-
-def _read_existing(dirfd: int, name: str, rel: str) -> tuple[str, os.stat_result | None]:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
-    except FileNotFoundError:
-        return "", None
-    except OSError as e:
-        raise _refuse(e, rel) from e
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise RecoverableError("SSH key file is not a regular file; left alone", path=rel)
-        data = os.read(fd, MAX_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE:
-        raise RecoverableError("SSH key file is too large; left alone", path=rel)
-    return data.decode("utf-8", errors="surrogateescape"), st
-
-
-def _replace(dirfd: int, name: str, text: str, account: Account) -> None:
-    tmp = f".{name}.azprov-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
-    try:
-        try:
-            os.write(fd, text.encode("utf-8", errors="surrogateescape"))
-            os.fchown(fd, account.uid, account.gid)
-            os.fchmod(fd, 0o600)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)  # replaces a planted symlink, never follows
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dirfd)
-        except OSError:
-            pass
+        found = fs.read_file(ctx.root, full, MAX_FILE, single_link=True)
+    except fs.Refused as e:
+        if "limit" in e.supporting_data:
+            raise RecoverableError("SSH key file is too large; left alone", path=rel) from e
         raise
-    os.fsync(dirfd)
+    if found is None:
+        return "", None
+    return found.data.decode("utf-8", errors="surrogateescape"), found.stat
 
 
 def install(ctx: Context, account: Account, rel: str, keys: Iterable[str]) -> bool:
     """Merge `keys` into the file at `rel` (relative to the home). True when the file changed."""
-    name = rel.rsplit("/", 1)[-1]
-    with _parent_dir(ctx, account, rel, create=True) as dirfd:
-        assert dirfd is not None
-        try:
-            existing, st = _read_existing(dirfd, name, rel)
-            merged = merge_authorized_keys(existing, keys)
-            dir_st = os.fstat(dirfd)
-            if (dir_st.st_uid, dir_st.st_gid) != (account.uid, account.gid) or dir_st.st_mode & 0o077:
-                os.fchown(dirfd, account.uid, account.gid)
-                os.fchmod(dirfd, 0o700)
-            ok = st is not None and (st.st_uid, st.st_gid, st.st_mode & 0o777) == (account.uid, account.gid, 0o600)
-            if merged == existing and ok:
-                return False
-            _replace(dirfd, name, merged, account)
-        except OSError as e:
-            raise _refuse(e, rel) from e
+    owner = (account.uid, account.gid)
+    full = f"{_home(ctx, account)}/{rel}"
+    parent = posixpath.dirname(full)
+    try:
+        existing, st = _read_existing(ctx, full, rel)
+        merged = merge_authorized_keys(existing, keys)
+        fs.make_dir(ctx.root, parent, 0o700, owner)  # made, or tightened when others could look in
+        ok = st is not None and (st.st_uid, st.st_gid, st.st_mode & 0o777) == (*owner, 0o600)
+        if merged == existing and ok:
+            return False
+        fs.atomic_write(ctx.root, full, merged.encode("utf-8", errors="surrogateescape"), 0o600, owner=owner,
+                        dir_mode=0o700, dir_owner=owner)
+    except OSError as e:
+        raise RecoverableError("SSH key file cannot be written", path=rel, error=e.strerror) from e
     return True
 
 
 def pending(ctx: Context, account: Account, rel: str, keys: Iterable[str]) -> tuple[int, int]:
     """(keys already in the file, keys that would be added); read-only."""
-    name = rel.rsplit("/", 1)[-1]
     keys = list(keys)
-    with _parent_dir(ctx, account, rel, create=False) as dirfd:
-        try:
-            existing = _read_existing(dirfd, name, rel)[0] if dirfd is not None else ""
-        except OSError as e:
-            raise _refuse(e, rel) from e
+    try:
+        existing = _read_existing(ctx, f"{_home(ctx, account)}/{rel}", rel)[0]
+    except OSError as e:
+        raise RecoverableError("SSH key file cannot be read", path=rel, error=e.strerror) from e
     merged = merge_authorized_keys(existing, keys)
     before = sum(1 for line in existing.split("\n") if key_identity(line))
     return before, sum(1 for line in merged.split("\n") if key_identity(line)) - before

@@ -13,15 +13,12 @@ unless the media carries one and the account has none usable yet.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import NamedTuple
 
+from statemachine import fs
 from statemachine.context import Context
 from statemachine.errors import ConfigureError, RecoverableError
 from statemachine.log import fields
@@ -29,7 +26,7 @@ from states.configure import Change, Facts
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # whole name: fullmatch ("azureuser\n" is refused)
 # Accounts a platform-supplied name must never take over: the usual system and admin-group names.
 RESERVED = frozenset({
     "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
@@ -37,6 +34,13 @@ RESERVED = frozenset({
     "halt", "shutdown", "ftp", "sshd", "messagebus", "syslog", "polkitd", "_apt", "systemd-network",
     "systemd-resolve", "systemd-timesync", "tss", "uuidd", "tcpdump", "dnsmasq", "chrony", "azprov",
 })
+UID_RANGE = (1000, 60000)  # login.defs' defaults for UID_MIN..UID_MAX
+NO_LOGIN_SHELLS = ("nologin", "false")  # basenames of shells that mark a service account
+MAX_DATABASE = 16 << 20  # passwd, group, shadow: a few KiB on any image
+# What useradd, usermod and chpasswd rewrite (inside the root they chroot into): each must be a plain file
+# with one link, or the tools' backup copy ("passwd-", opened for writing) would write through it.
+ACCOUNT_FILES = tuple(f"etc/{name}{suffix}" for name in ("passwd", "group", "shadow", "gshadow")
+                      for suffix in ("", "-", "+", ".lock")) + ("etc/.pwd.lock", "etc/login.defs")
 MAX_PASSWORD = 72  # crypt(3) implementations silently truncate (bcrypt at 72 bytes); refuse instead
 SUDO_GROUPS = ("sudo", "wheel")
 
@@ -53,7 +57,7 @@ class Account(NamedTuple):
 
 def validate_name(name: str) -> str | None:
     """Why `name` cannot be the admin account, or None."""
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         return "not 1-32 of lower-case letters, digits, '_' or '-', starting with a letter or '_'"
     if name in RESERVED:
         return "a reserved system account name"
@@ -95,6 +99,25 @@ def resolve_groups(wanted: Sequence[str], existing: Sequence[str]) -> tuple[list
     return use, missing
 
 
+def uid_range(login_defs: str) -> tuple[int, int]:
+    """UID_MIN..UID_MAX of an image's login.defs; the defaults where the file or a key is missing."""
+    found = dict(zip(("UID_MIN", "UID_MAX"), UID_RANGE))
+    for line in login_defs.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in found and parts[1].isdigit() and len(parts[1]) <= 10:
+            found[parts[0]] = int(parts[1])
+    return found["UID_MIN"], found["UID_MAX"]
+
+
+def reuse_problem(account: Account, uids: tuple[int, int]) -> str | None:
+    """Why an existing account must not become the admin, or None for a regular login account."""
+    if not uids[0] <= account.uid <= uids[1]:
+        return f"uid {account.uid} is outside UID_MIN..UID_MAX ({uids[0]}..{uids[1]})"
+    if account.shell.rsplit("/", 1)[-1] in NO_LOGIN_SHELLS:
+        return f"its shell {account.shell!r} allows no login"
+    return None
+
+
 def shadow_field(text: str, name: str) -> str | None:
     for line in text.splitlines():
         parts = line.split(":")
@@ -134,11 +157,16 @@ def password_disabled(facts: Facts) -> bool:
 
 def _read(ctx: Context, path: str) -> str:
     try:
-        return ctx.root_path(path).read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
+        found = fs.read_file(ctx.root, path.lstrip("/"), MAX_DATABASE)
     except OSError as e:
         raise ConfigureError("account database is unreadable", path=path, error=e.strerror) from e
+    return "" if found is None else found.data.decode("utf-8", errors="replace")
+
+
+def guard_account_files(ctx: Context) -> None:
+    """Refuse to run the shadow tools over a planted link, FIFO or hard link in the root's etc."""
+    for rel in ACCOUNT_FILES:
+        fs.check_plain(ctx.root, rel)
 
 
 def lookup(ctx: Context, name: str) -> Account | None:
@@ -178,8 +206,11 @@ def make_plan(ctx: Context, facts: Facts) -> Plan:
     if problem:
         raise ConfigureError("admin username is not acceptable", username=name[:40], problem=problem)
     account = lookup(ctx, name)
-    if account is not None and account.uid < 1000:
-        raise ConfigureError("admin username is a system account", username=name, uid=account.uid)
+    if account is not None:
+        refused = reuse_problem(account, uid_range(_read(ctx, "/etc/login.defs")))
+        if refused:
+            raise ConfigureError("admin username is a system account, not a regular login account",
+                                 username=name, uid=account.uid, rule=refused)
     groups = parse_groups(_read(ctx, "/etc/group"))
     use, missing = resolve_groups(ctx.config.user.groups, list(groups))
     member_of = {g for g, (gid, members) in groups.items()
@@ -190,13 +221,14 @@ def make_plan(ctx: Context, facts: Facts) -> Plan:
     shadow = shadow_field(_read(ctx, "/etc/shadow"), name) if account else None
     usable = bool(shadow) and shadow is not None and shadow[0] not in "!*"
     sudoers = None
-    if ctx.root_path("/etc/sudoers.d").is_dir() or ctx.root_path("/etc/sudoers").exists():
+    if fs.exists(ctx.root, "etc/sudoers.d") or fs.exists(ctx.root, "etc/sudoers"):
         will_have_password = usable or bool(password and not disabled and password_problem is None)
         wanted = sudoers_line(name, passwordless=disabled or not will_have_password)
         try:
-            current = ctx.root_path(f"/etc/sudoers.d/azprov-{name}").read_text()
-        except OSError:
-            current = None
+            dropin = fs.read_file(ctx.root, f"etc/sudoers.d/azprov-{name}", 1 << 16)
+            current = dropin.data.decode("utf-8", "replace") if dropin else None
+        except (OSError, fs.Refused):
+            current = None  # rewritten: the rename replaces whatever name is there
         sudoers = None if current == wanted else wanted
     return Plan(name, source, account, tuple(g for g in use if g not in member_of), tuple(missing), sudoers,
                 lock=disabled and account is not None and not (shadow or "!").startswith("!"),
@@ -223,43 +255,29 @@ def _root_args(ctx: Context) -> list[str]:
 
 
 def _run(argv: list[str], what: str, stdin: bytes | None = None) -> None:
-    try:
-        done = subprocess.run(argv, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                              capture_output=True, timeout=60, check=False)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise ConfigureError(f"{what} cannot be run", command=argv[0], error=str(e)[:200]) from e
-    if done.returncode != 0:
-        raise ConfigureError(f"{what} failed", command=argv[0], rc=done.returncode,
-                             stderr=done.stderr.decode("utf-8", "replace").strip()[:200])
+    fs.run(argv, what, stdin=stdin)
+
+
+def _visudo(path: str) -> None:
+    if shutil.which("visudo"):
+        _run(["visudo", "-cf", path], "visudo check of the sudoers drop-in")
 
 
 def _write_sudoers(ctx: Context, name: str, content: str) -> None:
-    directory = ctx.root_path("/etc/sudoers.d")
+    # The temp file's name has a dot, which sudo's includedir skips: a leftover is never read.
     try:
-        directory.mkdir(mode=0o750, exist_ok=True)
-        # sudo skips names with a dot in its includedir, so a leftover temp file is never read.
-        fd, tmp = tempfile.mkstemp(prefix=".azprov-", dir=directory)
+        fs.atomic_write(ctx.root, f"etc/sudoers.d/azprov-{name}", content.encode(), 0o440, dir_mode=0o750,
+                        check=_visudo)
     except OSError as e:
         raise ConfigureError("sudoers drop-in cannot be written", error=e.strerror) from e
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-            f.flush()
-            os.fchmod(f.fileno(), 0o440)
-            os.fsync(f.fileno())
-        if shutil.which("visudo"):
-            _run(["visudo", "-cf", tmp], "visudo check of the sudoers drop-in")
-        os.replace(tmp, directory / f"azprov-{name}")
-    except OSError as e:
-        raise ConfigureError("sudoers drop-in cannot be written", error=e.strerror) from e
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def apply(ctx: Context, facts: Facts) -> Change | None:
     p = make_plan(ctx, facts)
     change = _change(p)
     root = _root_args(ctx)
+    if p.account is None or p.add_groups or p.set_password or p.lock:
+        guard_account_files(ctx)
     if p.account is None:
         shell = ["--shell", "/bin/bash"] if ctx.root_path("/bin/bash").exists() else []
         groups = ["--groups", ",".join(p.add_groups)] if p.add_groups else []
