@@ -105,4 +105,6 @@ def decode_json(raw: bytes, encoding: str = "utf-8") -> Any:
     except RecursionError:
         raise ValueError("document is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        if "integer string conversion" in str(e):  # Python's own words name a setting, not the input
+            raise ValueError("integer has more than 4300 digits") from None
         raise ValueError(clean(str(e), 200)) from None
