@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine.errors import MetadataError
-from statemachine.identity import normalize, read_vm_id
+from statemachine.identity import PLACEHOLDERS, normalize, read_vm_id
 from states.imds import parse_instance
 
 
@@ -19,7 +19,7 @@ def test_gen1_uuid_is_byte_swapped_and_lower_cased() -> None:
     assert normalize("D3D3F8E6-1A2B-3C4D-5E6F-0123456789AB\n", gen1=False) == "d3d3f8e6-1a2b-3c4d-5e6f-0123456789ab"
 
 
-@given(st.uuids())
+@given(st.uuids().filter(lambda u: str(u) not in PLACEHOLDERS))
 def test_swap_is_an_involution(u: object) -> None:
     once = normalize(str(u), gen1=True)
     assert once is not None and normalize(once, gen1=True) == str(u)
