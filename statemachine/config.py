@@ -248,8 +248,8 @@ def parse_text(text: str, source: str) -> dict[str, Any]:
     try:
         document: dict[str, Any] = tomllib.loads(text)
         return document
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError("configuration file is not valid TOML", file=source, error=str(e)) from e
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as e:  # ValueError: a 5000-digit integer
+        raise ConfigError("configuration file is not valid TOML", file=source, error=str(e)[:200]) from e
 
 
 def parse_file(path: Path) -> dict[str, Any]:

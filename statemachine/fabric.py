@@ -23,6 +23,7 @@ from statemachine.errors import FabricError, GoneError
 from statemachine.health import JSON_HEADERS, XML_HEADERS
 from statemachine.requests_lean import requests
 from statemachine.retry import parse_retry_after
+from statemachine.text import clean
 
 WIRESERVER_VERSION = "2012-11-30"
 MAX_BODY = 4 << 20  # goal states and IMDS documents are a few KiB
@@ -98,7 +99,7 @@ class Http:
                                         timeout=(timeout, timeout), allow_redirects=False)
         except requests.RequestException as e:
             raise FabricError("request to the fabric failed", retryable=True, endpoint=endpoint,
-                              error=type(e).__name__, detail=str(e)[:200]) from e
+                              error=type(e).__name__, detail=clean(str(e), 200)) from e
         try:
             data = self._read(resp, deadline, endpoint) if read_body else b""
         finally:
@@ -135,7 +136,7 @@ class Http:
                 raise FabricError("fabric answer exceeded the per-call deadline", retryable=True,
                                   endpoint=endpoint, timeout=self.timeout) from e
             raise FabricError("reading the fabric answer failed", retryable=True, endpoint=endpoint,
-                              error=type(e).__name__, detail=str(e)[:200]) from e
+                              error=type(e).__name__, detail=clean(str(e), 200)) from e
 
 
 def _set_socket_timeout(raw: Any, remaining: float) -> None:

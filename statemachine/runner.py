@@ -22,6 +22,7 @@ from statemachine.log import fields
 from statemachine.machine import TERMINAL, Agent, Phase, build_machine
 from statemachine.persistence import Record
 from statemachine.resume import with_transition
+from statemachine.text import clean
 from statemachine.timeutil import utc_now
 
 log = logging.getLogger("azprov")
@@ -169,7 +170,7 @@ class Runner:
         except Exception as e:  # a bug: fail loudly, but still tell the platform
             log.exception("unexpected error in a step")
             self._fail(phase, AgentError("unexpected internal error", error=type(e).__name__,
-                                         detail=str(e)[:200]))
+                                         detail=clean(str(e), 200)))
             return
         self.record = self.record._replace(**outcome.updates)
         if outcome.event is None:  # progress inside the phase (one configure step done)

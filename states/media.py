@@ -18,7 +18,6 @@ import dataclasses
 import errno
 import logging
 import os
-import stat
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -119,7 +118,7 @@ def parse_ovf_env(body: bytes) -> OvfEnv:
     """Pure: the provisioning settings in an ovf-env.xml document. Raises only MediaError."""
     root = xmlutil.parse(body, "ovf-env.xml", MediaError)
     if not _is(root, OVF_NS, "Environment"):
-        raise MediaError("ovf-env.xml root is not an OVF Environment", root=str(root.tag)[:80])
+        raise MediaError("ovf-env.xml root is not an OVF Environment", root=clean(str(root.tag), 80))
     sections = _children(root, "ProvisioningSection")
     if not sections:
         raise MediaError("ovf-env.xml has no Azure ProvisioningSection (not Azure provisioning media)")
@@ -129,7 +128,7 @@ def parse_ovf_env(body: bytes) -> OvfEnv:
     assert config_set is not None
     set_type = _text(config_set, "ConfigurationSetType")
     if set_type not in (None, "LinuxProvisioningConfiguration"):
-        raise MediaError("ovf-env.xml has an unexpected ConfigurationSetType", value=set_type[:64])
+        raise MediaError("ovf-env.xml has an unexpected ConfigurationSetType", value=clean(set_type, 64))
     hostname = _text(config_set, "HostName", required=True)
     username = _text(config_set, "UserName", required=True)
     assert hostname is not None and username is not None
@@ -172,31 +171,20 @@ def find_mount(mounts: str, device: str) -> str | None:
 
 def _read_file(directory: Path, name: str) -> bytes | None:
     """The file's bytes, size-capped, never through a symlink; None when the media does not have it."""
+    path = str(directory / name)
     try:
-        fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
+        found = fs.read_file(directory, name, MAX_FILE)
+    except fs.Refused as e:
+        if "limit" in e.supporting_data:
+            raise MediaError("ovf-env.xml on the media is too large", limit=MAX_FILE) from e
+        found_there = str(e.supporting_data.get("found"))
+        if found_there.startswith("a symlink"):
+            raise MediaError("ovf-env.xml on the media is unreadable", path=path, found=found_there) from e
+        raise MediaError("ovf-env.xml on the media is not a regular file", path=path, found=found_there) from e
     except OSError as e:
-        raise MediaError("ovf-env.xml on the media is unreadable", path=str(directory / name),
+        raise MediaError("ovf-env.xml on the media is unreadable", path=path,
                          error=e.strerror or errno.errorcode.get(e.errno or 0, "?")) from e
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise MediaError("ovf-env.xml on the media is not a regular file", path=str(directory / name))
-        chunks, size = [], 0
-        while size <= MAX_FILE:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError as e:
-        raise MediaError("ovf-env.xml on the media is unreadable", path=str(directory / name),
-                         error=e.strerror) from e
-    finally:
-        os.close(fd)
-    if size > MAX_FILE:
-        raise MediaError("ovf-env.xml on the media is too large", limit=MAX_FILE)
-    return b"".join(chunks)
+    return None if found is None else found.data
 
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[bytes]"]
@@ -212,10 +200,10 @@ def _mount(device: str, target: str, fstypes: Sequence[str], run: Runner) -> str
         try:
             done = run(["mount", "-o", "ro,nosuid,nodev,noexec", "-t", fstype, "--", device, target])
         except (OSError, subprocess.SubprocessError) as e:
-            raise MediaError("mount cannot be run", error=str(e)[:200]) from e
+            raise MediaError("mount cannot be run", error=clean(str(e), 200)) from e
         if done.returncode == 0:
             return fstype
-        failures.append(f"{fstype}: {done.stderr.decode('utf-8', 'replace').strip()[:120]}")
+        failures.append(f"{fstype}: {clean(done.stderr.decode('utf-8', 'replace').strip(), 120)}")
     raise MediaError("provisioning media cannot be mounted", device=device, tried="; ".join(failures))
 
 
@@ -250,7 +238,7 @@ def read_ovf_env(device: str = "/dev/sr0", filename: str = FILENAME, *, fstypes:
             done = run(["umount", "--", target])
             if done.returncode != 0:
                 log.warning("provisioning media cannot be unmounted", extra=fields(
-                    mountpoint=target, error=done.stderr.decode("utf-8", "replace").strip()[:120]))
+                    mountpoint=target, error=clean(done.stderr.decode("utf-8", "replace").strip(), 120)))
     finally:
         try:
             os.rmdir(target)

@@ -14,6 +14,8 @@ from typing import Callable
 
 from lxml import etree
 
+from statemachine.text import clean
+
 MAX_DOCUMENT = 1 << 20
 MAX_VALUE = 1024
 
@@ -32,7 +34,7 @@ def parse(body: bytes, what: str, error: Callable[..., Exception]) -> etree._Ele
     try:
         root = etree.fromstring(body, _PARSER)
     except (etree.XMLSyntaxError, ValueError) as e:
-        raise error(f"{what} is not well-formed XML", error=str(e)[:200]) from e
+        raise error(f"{what} is not well-formed XML", error=clean(str(e), 200)) from e
     if root.getroottree().docinfo.doctype:  # type: ignore[union-attr]
         raise error(f"{what} carries a DOCTYPE, which the fabric never sends")
     return root

@@ -256,3 +256,16 @@ def test_a_refused_name_reaches_the_provisioningfailed_description(vm: Env, fabr
     [failure] = [e for e in fabric.failure_reports()]
     assert "reason=admin username is not acceptable" in failure["description"]
     assert "username=azureuser%0A" in failure["description"] and "problem=not 1-32" in failure["description"]
+
+
+def test_hostile_text_reaches_a_real_journal_without_a_logging_error(vm: Env, fabric: FakeFabric) -> None:
+    """Out of process: the real stdout (strict UTF-8) must take every log line the run writes."""
+    fabric.imds_document = {"compute": {"vmId": fabric.vm_id, "osProfile": {
+        "computerName": "web-\ufffe", "adminUsername": "\ud800\ufffe\x1b[31m",
+        "disablePasswordAuthentication": "\ud800"}}}
+    vm.set("configure", steps=["hostname", "user"])
+    out = vm.run()
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr and "Logging error" not in out.stderr, out.stderr
+    assert fabric.failure_reports()
+    assert json.loads(vm.state_file.read_text())["state"] == "failed"

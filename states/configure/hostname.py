@@ -18,6 +18,7 @@ from statemachine import fs
 from statemachine.context import Context
 from statemachine.errors import HostnameError, RecoverableError
 from statemachine.log import fields
+from statemachine.text import clean
 from states.configure import Change, Facts
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def choose(facts: Facts) -> tuple[str, str]:
         return media_name, "provisioning media HostName"
     raise RecoverableError("no valid hostname in the instance metadata",
                            **{k.split()[-1]: v for k, v in problems.items()},
-                           value=str(instance.computer_name)[:80])
+                           value=clean(str(instance.computer_name), 80))
 
 
 def current(ctx: Context) -> str:

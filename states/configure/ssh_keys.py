@@ -23,6 +23,7 @@ from statemachine import fs
 from statemachine.context import Context
 from statemachine.errors import ConfigureError, RecoverableError
 from statemachine.log import fields
+from statemachine.text import clean
 from states.configure import Change, Facts
 from states.configure.user import Account, admin_name, lookup
 
@@ -134,7 +135,7 @@ def resolve_path(home: str, path: str | None) -> str:
     full = posixpath.normpath(posixpath.join(home, path))
     home = posixpath.normpath(home)
     if not full.startswith(home.rstrip("/") + "/") or "\0" in full:
-        raise RecoverableError("SSH key path is outside the user's home", path=path[:200], home=home)
+        raise RecoverableError("SSH key path is outside the user's home", path=clean(path, 200), home=home)
     return posixpath.relpath(full, home)
 
 
@@ -200,7 +201,7 @@ def wanted_keys(facts: Facts) -> tuple[list[tuple[str | None, str]], str, list[R
         return [(k.path, k.key_data) for k in facts.instance.public_keys], "IMDS compute.publicKeys", []
     media_keys = facts.media.public_keys if facts.media is not None else ()
     errors = [RecoverableError("SSH key given only as a certificate fingerprint; not supported",
-                               fingerprint=k.fingerprint[:64]) for k in media_keys if not k.value]
+                               fingerprint=clean(k.fingerprint, 64)) for k in media_keys if not k.value]
     return [(k.path, k.value) for k in media_keys if k.value], "provisioning media PublicKeys", errors
 
 

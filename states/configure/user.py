@@ -22,6 +22,7 @@ from statemachine import fs
 from statemachine.context import Context
 from statemachine.errors import ConfigureError, RecoverableError
 from statemachine.log import fields
+from statemachine.text import clean
 from states.configure import Change, Facts
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def make_plan(ctx: Context, facts: Facts) -> Plan:
     name, source = found
     problem = validate_name(name)
     if problem:
-        raise ConfigureError("admin username is not acceptable", username=name[:40], problem=problem)
+        raise ConfigureError("admin username is not acceptable", username=clean(name, 40), problem=problem)
     account = lookup(ctx, name)
     if account is not None:
         refused = reuse_problem(account, uid_range(_read(ctx, "/etc/login.defs")))
