@@ -194,20 +194,17 @@ def remember(layers: list[list[str]], state_dir: str, product_uuid_path: str, ef
              log_level: str) -> None:
     """Write the stamp after a run that ended DONE; `layers` are [path, text] of the config it validated.
     A cache: failures are ignored (the next boot is only slower)."""
-    stamp_path = os.path.join(state_dir, STAMP_FILE)
-    tmp = f"{stamp_path}.tmp"
+    from pathlib import Path  # the writing side: the fast path itself never imports these
+
+    from statemachine import fs
+
     try:
         seen = observations(layers, state_dir, product_uuid_path, efi_path)
         for line in (vm_id, log_level, product_uuid_path, efi_path):
             if "\n" in line:
                 return
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join((vm_id, log_level, product_uuid_path, efi_path, repr(seen))))
-        os.replace(tmp, stamp_path)
-    except (OSError, ValueError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        text = "\n".join((vm_id, log_level, product_uuid_path, efi_path, repr(seen)))
+        fs.atomic_write(Path(state_dir), STAMP_FILE, text.encode("utf-8"), 0o600, dir_mode=0o700)
+    except (OSError, ValueError, fs.Refused):
+        pass
 

@@ -269,3 +269,13 @@ def test_hostile_text_reaches_a_real_journal_without_a_logging_error(vm: Env, fa
     assert "Traceback" not in out.stdout + out.stderr and "Logging error" not in out.stderr, out.stderr
     assert fabric.failure_reports()
     assert json.loads(vm.state_file.read_text())["state"] == "failed"
+
+
+def test_dry_run_names_an_oversized_number_instead_of_a_traceback(vm: Env, fabric: FakeFabric,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    fabric.set_script("imds", [{"status": 200, "body": '{"compute": {"vmId": ' + "9" * 5000 + "}}"}] * 40)
+    vm.set("fabric", imds_timeout=0.3)
+    assert cli.main(["--config", str(vm.config_path), "--dry-run", "--json"]) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    assert "integer has more than 4300 digits" in out.out

@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 
 from statemachine import cli
 
-EXAMPLES = settings(max_examples=30, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+_QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+EXAMPLES = settings(max_examples=12, deadline=None, suppress_health_check=_QUIET)  # make test
+MANY = settings(max_examples=200, deadline=None, suppress_health_check=_QUIET)  # make test-slow
 STEPS = ["hostname", "user", "ssh_keys"] if os.geteuid() == 0 and shutil.which("useradd") else ["hostname"]
 
 
@@ -134,23 +135,45 @@ def check_run(env: Env, fabric: FakeFabric, asked_before: int) -> None:
     assert status_code == (1 if code == 1 else (2 if saved.get("recoverable_errors") else 0))
 
 
+def imds_run(fabric: FakeFabric, doc: Any) -> None:
+    fabric.set_script("imds", [{"status": 200, "body": dump(doc)}] * 40)
+    with a_vm(fabric) as env:
+        check_run(env, fabric, len(fabric.requests("health")))
+    fabric.set_script("imds", [])
+
+
+def record_run(fabric: FakeFabric, doc: Any) -> None:
+    with a_vm(fabric) as env:
+        env.state_dir.mkdir(mode=0o700)
+        env.state_file.write_text(dump(doc), encoding="utf-8", errors="surrogatepass")
+        os.chmod(env.state_file, 0o600)
+        check_run(env, fabric, len(fabric.requests("health")))
+
+
 @EXAMPLES
 @given(doc=imds_document)
 def test_any_imds_document_ends_done_or_failed(shared_fabric: FakeFabric, doc: Any) -> None:
-    shared_fabric.set_script("imds", [{"status": 200, "body": dump(doc)}] * 40)
-    with a_vm(shared_fabric) as env:
-        check_run(env, shared_fabric, len(shared_fabric.requests("health")))
-    shared_fabric.set_script("imds", [])
+    imds_run(shared_fabric, doc)
 
 
 @EXAMPLES
 @given(doc=record_document)
 def test_any_state_record_ends_done_or_failed(shared_fabric: FakeFabric, doc: Any) -> None:
-    with a_vm(shared_fabric) as env:
-        env.state_dir.mkdir(mode=0o700)
-        env.state_file.write_text(dump(doc), encoding="utf-8", errors="surrogatepass")
-        os.chmod(env.state_file, 0o600)
-        check_run(env, shared_fabric, len(shared_fabric.requests("health")))
+    record_run(shared_fabric, doc)
+
+
+@pytest.mark.slow
+@MANY
+@given(doc=imds_document)
+def test_many_imds_documents(shared_fabric: FakeFabric, doc: Any) -> None:
+    imds_run(shared_fabric, doc)
+
+
+@pytest.mark.slow
+@MANY
+@given(doc=record_document)
+def test_many_state_records(shared_fabric: FakeFabric, doc: Any) -> None:
+    record_run(shared_fabric, doc)
 
 
 @pytest.mark.parametrize("value", ["\ud800", "\ufffe", "azureuser\n", Raw("9" * 5000), Raw("NaN"), Raw("1e999")])
@@ -158,7 +181,4 @@ def test_named_hostile_admin_usernames(shared_fabric: FakeFabric, value: Any) ->
     """The issue's own cases, always run: each ends with a saved record and a posted report."""
     doc = {"compute": {"vmId": "v", "osProfile": {"computerName": "web-01", "adminUsername": value,
                                                   "disablePasswordAuthentication": "true"}}}
-    shared_fabric.set_script("imds", [{"status": 200, "body": dump(doc)}] * 40)
-    with a_vm(shared_fabric) as env:
-        check_run(env, shared_fabric, len(shared_fabric.requests("health")))
-    shared_fabric.set_script("imds", [])
+    imds_run(shared_fabric, doc)
