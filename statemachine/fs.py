@@ -14,7 +14,6 @@ component is refused with `Refused`, a recoverable error naming the path and wha
   root-only file would otherwise be copied into a file the user owns).
 - `open_append` is the same checks for a file that is appended to (the KVP pool).
 - `remove`, `rename` and `symlink` work on the name itself, never on what a link points to.
-- `run` is the one way to start a tool (useradd, visudo, mount): argv list, no shell, bounded time.
 
 Modes are set with fchmod after creation, so the umask never widens or narrows them.
 """
@@ -25,13 +24,12 @@ import errno
 import os
 import secrets
 import stat
-import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from statemachine.errors import AgentError, ConfigureError, RecoverableError
+from statemachine.errors import RecoverableError
 from statemachine.text import clean
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -71,15 +69,11 @@ def what_is(dirfd: int, name: str) -> str:
     return "a regular file"
 
 
-def _refused(base: Path, parts: Sequence[str], dirfd: int, reason: str = "") -> Refused:
-    path = str(base.joinpath(*parts))
+def _refused(base: Path, parts: Sequence[str], dirfd: int) -> Refused:
     found = what_is(dirfd, parts[-1])
-    if not reason:
-        kind = found.split(" (")[0].split(" to ")[0]
-        reason = _REASONS.get(kind, "path component is not a plain directory or file; refusing to go through it")
-    elif found.startswith("a symlink"):  # the open never saw a file: say what it would have followed
-        reason = _REASONS["a symlink"]
-    return Refused(reason, path=clean(path, 300), found=found)
+    kind = found.split(" (")[0].split(" to ")[0]
+    reason = _REASONS.get(kind, "path component is not a plain directory or file; refusing to go through it")
+    return Refused(reason, path=clean(str(base.joinpath(*parts)), 300), found=found)
 
 
 _REASONS = {
@@ -176,6 +170,23 @@ def temp_name(name: str) -> str:
     return f".{name}-{secrets.token_hex(4)}.tmp"
 
 
+@contextmanager
+def _parent(base: Path, rel: str, **walk: Any) -> Iterator[tuple[int | None, list[str]]]:
+    """The descriptor of `rel`'s directory (None when missing) and `rel`'s components."""
+    parts = _split(rel)
+    with directory(base, "/".join(parts[:-1]), **walk) as dirfd:
+        yield dirfd, parts
+
+
+def _open(base: Path, parts: list[str], dirfd: int, flags: int, mode: int = 0o600) -> int:
+    try:
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dirfd)
+    except OSError as e:
+        if e.errno in _LINK_ERRORS:
+            raise _refused(base, parts, dirfd) from e
+        raise
+
+
 def atomic_write(base: Path, rel: str, data: bytes, mode: int = 0o644, *, owner: Owner | None = None,
                  dir_mode: int = 0o755, dir_owner: Owner | None = None,
                  check: Callable[[str], None] | None = None,
@@ -183,11 +194,9 @@ def atomic_write(base: Path, rel: str, data: bytes, mode: int = 0o644, *, owner:
                  after_rename: Callable[[], None] | None = None) -> None:
     """Replace `base/rel` with `data`. `check(path_of_temp_file)` may refuse the content (visudo) by raising;
     the hooks are for crash tests. Missing parent directories are made with `dir_mode`."""
-    parts = _split(rel)
-    name = parts[-1]
-    with directory(base, "/".join(parts[:-1]), create=True, mode=dir_mode, owner=dir_owner) as dirfd:
+    with _parent(base, rel, create=True, mode=dir_mode, owner=dir_owner) as (dirfd, parts):
         assert dirfd is not None
-        tmp = temp_name(name)
+        tmp = temp_name(parts[-1])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dirfd)
         try:
             try:
@@ -202,7 +211,7 @@ def atomic_write(base: Path, rel: str, data: bytes, mode: int = 0o644, *, owner:
                 check(str(base.joinpath(*parts[:-1], tmp)))
             if before_rename is not None:
                 before_rename()
-            os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+            os.rename(tmp, parts[-1], src_dir_fd=dirfd, dst_dir_fd=dirfd)
         except BaseException:
             _unlink_quietly(dirfd, tmp)
             raise
@@ -230,18 +239,13 @@ def read_file(base: Path, rel: str, limit: int, *, owner: int | None = None, sin
     """The file's bytes and stat, or None when it (or a directory on the way) does not exist. Refuses
     anything but a regular file; one of another `owner`; one with several links when `single_link`; one
     that others may write when `private`; one larger than `limit` bytes."""
-    parts = _split(rel)
-    with directory(base, "/".join(parts[:-1])) as dirfd:
+    with _parent(base, rel) as (dirfd, parts):
         if dirfd is None:
             return None
         try:
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+            fd = _open(base, parts, dirfd, os.O_RDONLY)
         except FileNotFoundError:
             return None
-        except OSError as e:
-            if e.errno in _LINK_ERRORS:
-                raise _refused(base, parts, dirfd) from e
-            raise
         try:
             st = os.fstat(fd)
             _check_file(base, parts, dirfd, st, owner, single_link, private)
@@ -259,34 +263,25 @@ def read_file(base: Path, rel: str, limit: int, *, owner: int | None = None, sin
     return Found(b"".join(chunks), st)
 
 
-def _check_file(base: Path, parts: Sequence[str], dirfd: int, st: os.stat_result, owner: int | None,
+def _check_file(base: Path, parts: list[str], dirfd: int, st: os.stat_result, owner: int | None,
                 single_link: bool, private: bool) -> None:
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) or (single_link and st.st_nlink != 1):
         raise _refused(base, parts, dirfd)
+    path = clean(str(base.joinpath(*parts)), 300)
     if owner is not None and st.st_uid != owner:
-        raise Refused("file is owned by another user; refusing to use it",
-                      path=clean(str(base.joinpath(*parts)), 300), uid=st.st_uid, expected=owner)
-    if single_link and st.st_nlink != 1:
-        raise _refused(base, parts, dirfd)
+        raise Refused("file is owned by another user; refusing to use it", path=path, uid=st.st_uid,
+                      expected=owner)
     if private and st.st_mode & 0o022:
-        raise Refused("file is writable by others; refusing to use it",
-                      path=clean(str(base.joinpath(*parts)), 300), mode=oct(st.st_mode & 0o777))
+        raise Refused("file is writable by others; refusing to use it", path=path, mode=oct(st.st_mode & 0o777))
 
 
 def open_append(base: Path, rel: str, mode: int = 0o644) -> int | None:
     """A descriptor for appending to `base/rel` (created when missing), or None when its directory does not
     exist. Refuses what `read_file` refuses, and a file with other hard links. The caller closes it."""
-    parts = _split(rel)
-    with directory(base, "/".join(parts[:-1])) as dirfd:
+    with _parent(base, rel) as (dirfd, parts):
         if dirfd is None:
             return None
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(parts[-1], flags, mode, dir_fd=dirfd)
-        except OSError as e:
-            if e.errno in _LINK_ERRORS:
-                raise _refused(base, parts, dirfd) from e
-            raise
+        fd = _open(base, parts, dirfd, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
         try:
             _check_file(base, parts, dirfd, os.fstat(fd), os.geteuid(), True, False)
         except BaseException:
@@ -298,47 +293,39 @@ def open_append(base: Path, rel: str, mode: int = 0o644) -> int | None:
 def names(base: Path, rel: str = "") -> list[str]:
     """The entries of the directory `rel` (none when it does not exist)."""
     with directory(base, rel) as fd:
-        if fd is None:
-            return []
-        return sorted(os.listdir(fd))
+        return [] if fd is None else sorted(os.listdir(fd))
+
+
+def lstat(base: Path, rel: str) -> os.stat_result | None:
+    """What is at the name `rel` itself (a link is not followed, nor any on the way); None for nothing."""
+    with _parent(base, rel) as (dirfd, parts):
+        try:
+            return None if dirfd is None else os.stat(parts[-1], dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
 
 
 def exists(base: Path, rel: str) -> bool:
-    """Is there anything at all (a link included) at `rel`? Never follows a link on the way."""
-    parts = _split(rel)
-    try:
-        with directory(base, "/".join(parts[:-1])) as dirfd:
-            if dirfd is None:
-                return False
-            os.stat(parts[-1], dir_fd=dirfd, follow_symlinks=False)
-            return True
-    except FileNotFoundError:
-        return False
+    return lstat(base, rel) is not None
 
 
 def check_plain(base: Path, rel: str) -> os.stat_result | None:
     """Refuse `rel` unless it is absent or a regular file with one link, reached without links: what a
     tool that rewrites the file in place of azprov may meet. The stat when it exists."""
-    parts = _split(rel)
-    with directory(base, "/".join(parts[:-1])) as dirfd:
-        if dirfd is None:
-            return None
+    with _parent(base, rel) as (dirfd, parts):
         try:
-            st = os.stat(parts[-1], dir_fd=dirfd, follow_symlinks=False)
+            st = None if dirfd is None else os.stat(parts[-1], dir_fd=dirfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        if dirfd is not None and st is not None and (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1):
             raise _refused(base, parts, dirfd)
         return st
 
 
 def remove(base: Path, rel: str) -> bool:
     """Delete the name `rel` (a directory with everything in it). False when there was nothing."""
-    parts = _split(rel)
-    with directory(base, "/".join(parts[:-1])) as dirfd:
-        if dirfd is None:
-            return False
-        return _remove_at(dirfd, parts[-1])
+    with _parent(base, rel) as (dirfd, parts):
+        return dirfd is not None and _remove_at(dirfd, parts[-1])
 
 
 def _remove_at(dirfd: int, name: str) -> bool:
@@ -362,9 +349,8 @@ def _remove_at(dirfd: int, name: str) -> bool:
 def rename(base: Path, rel: str, new_name: str) -> bool:
     """Rename `rel` to `new_name` in the same directory (the name itself, even a link); fsync the
     directory. False when there was nothing to rename."""
-    parts = _split(rel)
     _split(new_name)
-    with directory(base, "/".join(parts[:-1])) as dirfd:
+    with _parent(base, rel) as (dirfd, parts):
         if dirfd is None:
             return False
         try:
@@ -377,8 +363,7 @@ def rename(base: Path, rel: str, new_name: str) -> bool:
 
 def symlink(base: Path, rel: str, target: str) -> None:
     """Make `rel` a symlink to `target`, replacing whatever name was there in one rename."""
-    parts = _split(rel)
-    with directory(base, "/".join(parts[:-1])) as dirfd:
+    with _parent(base, rel) as (dirfd, parts):
         if dirfd is None:
             raise FileNotFoundError(errno.ENOENT, "directory missing", str(base.joinpath(*parts[:-1])))
         tmp = temp_name(parts[-1])
@@ -389,20 +374,3 @@ def symlink(base: Path, rel: str, target: str) -> None:
             _unlink_quietly(dirfd, tmp)
             raise
         _fsync(dirfd)
-
-
-# ---- tools that change the file system -----------------------------------------------------------------
-
-def run(argv: Sequence[str], what: str, stdin: bytes | None = None, timeout: float = 60,
-        error: type[AgentError] = ConfigureError, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    """Run a tool without a shell; stdin is the given bytes or nothing. With `check`, a non-zero exit
-    raises `error` naming the tool and the end of its stderr (where tools say why)."""
-    try:
-        done = subprocess.run(list(argv), input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout, check=False)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise error(f"{what} cannot be run", command=argv[0], error=clean(str(e), 200)) from e
-    if check and done.returncode != 0:
-        raise error(f"{what} failed", command=argv[0], rc=done.returncode,
-                    stderr=clean(done.stderr.decode("utf-8", "replace").strip(), 200))
-    return done

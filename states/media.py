@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 
 from lxml import etree
 
-from statemachine import fs
+from statemachine import command, fs
 from statemachine.errors import MediaError
 from statemachine.log import fields
 from statemachine.text import clean, parse_bool
@@ -191,7 +191,7 @@ Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[bytes]"]
 
 
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-    return fs.run(argv, argv[0], error=MediaError, check=False)
+    return command.run(argv, argv[0], error=MediaError, check=False)
 
 
 def _mount(device: str, target: str, fstypes: Sequence[str], run: Runner) -> str:

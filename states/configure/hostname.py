@@ -14,7 +14,7 @@ import re
 import shutil
 import socket
 
-from statemachine import fs
+from statemachine import command, fs
 from statemachine.context import Context
 from statemachine.errors import HostnameError, RecoverableError
 from statemachine.log import fields
@@ -117,7 +117,7 @@ def _resolve_method(ctx: Context) -> str:
 
 
 def _hostnamectl(name: str) -> None:
-    fs.run(["hostnamectl", "set-hostname", "--", name], "hostnamectl set-hostname", timeout=30,
+    command.run(["hostnamectl", "set-hostname", "--", name], "hostnamectl set-hostname", timeout=30,
            error=HostnameError)
 
 

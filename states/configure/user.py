@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from statemachine import fs
+from statemachine import command, fs
 from statemachine.context import Context
 from statemachine.errors import ConfigureError, RecoverableError
 from statemachine.log import fields
@@ -256,7 +256,7 @@ def _root_args(ctx: Context) -> list[str]:
 
 
 def _run(argv: list[str], what: str, stdin: bytes | None = None) -> None:
-    fs.run(argv, what, stdin=stdin)
+    command.run(argv, what, stdin=stdin)
 
 
 def _visudo(path: str) -> None:
