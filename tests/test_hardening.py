@@ -279,3 +279,37 @@ def test_dry_run_names_an_oversized_number_instead_of_a_traceback(vm: Env, fabri
     out = capsys.readouterr()
     assert "Traceback" not in out.out + out.err
     assert "integer has more than 4300 digits" in out.out
+
+
+# ---- KVP never costs the Ready ---------------------------------------------------------------------------
+
+def test_a_locked_pool_is_waited_for_once_per_run(tmp_path: Path) -> None:
+    import fcntl
+    import time
+
+    from statemachine.kvp import KvpPool
+
+    (tmp_path / "hyperv").mkdir()
+    pool = KvpPool(tmp_path / "hyperv/.kvp_pool_1", root=tmp_path, boot=lambda: 0.0, lock_wait=0.2)
+    pool.path.touch()
+    with open(pool.path, "ab") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert not pool.write([("a", "1")])
+        started = time.monotonic()
+        assert not pool.write([("b", "2")]) and not pool.write([("c", "3")])
+        assert time.monotonic() - started < 0.1  # given up on for the rest of the run
+
+
+@pytest.mark.parametrize("plant", ["fifo", "symlink"])
+def test_an_unwritable_pool_never_prevents_the_ready(vm: Env, fabric: FakeFabric, plant: str) -> None:
+    pool_dir = vm.root / "var/lib/hyperv"
+    pool_dir.mkdir(parents=True)
+    outside = vm.tmp / "outside-pool"
+    outside.write_bytes(b"keep")
+    if plant == "fifo":
+        os.mkfifo(pool_dir / ".kvp_pool_1")
+    else:
+        (pool_dir / ".kvp_pool_1").symlink_to(outside)
+    assert cli.main(["--config", str(vm.config_path)]) == 0
+    assert fabric.ready_reports()
+    assert outside.read_bytes() == b"keep"
