@@ -119,7 +119,7 @@ def directory(base: Path, rel: str = "", *, create: bool = False, mode: int = 0o
         if not create:
             yield None
             return
-        base.mkdir(parents=True, exist_ok=True)  # the base is the config's, trusted as given
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)  # the config's state dir: trusted, private
         fd = _open_base(base)
     try:
         for i, part in enumerate(parts):
