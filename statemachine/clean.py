@@ -53,11 +53,12 @@ def log_files(root: Path) -> list[Path]:
 
 def reset_machine_id(root: Path) -> str | None:
     path = root / MACHINE_ID.lstrip("/")
+    created = False
     try:
         if path.read_text() == "uninitialized\n":
             return None
     except FileNotFoundError:
-        pass
+        created = True
     except OSError as e:
         raise ConfigureError("machine id is unreadable", path=str(path), error=e.strerror) from e
     if path.is_symlink():
@@ -66,7 +67,7 @@ def reset_machine_id(root: Path) -> str | None:
         atomic_write(path, b"uninitialized\n", mode=0o444)
     except OSError as e:
         raise ConfigureError("machine id cannot be written", path=str(path), error=e.strerror) from e
-    return f"{path} (now 'uninitialized')"
+    return f"created {path} ('uninitialized')" if created else f"{path} (now 'uninitialized')"
 
 
 def unlink_dbus_machine_id(root: Path) -> str | None:

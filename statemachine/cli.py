@@ -121,7 +121,7 @@ def clean(cfg: config.Config, logs: bool, machine_id: bool) -> int:
         print(f"azprov: clean: {e}", file=sys.stderr)
         return e.exit_code
     for path in removed:
-        print(f"removed {path}")
+        print(path if path.startswith("created ") else f"removed {path}")
     if not removed:
         print("nothing to remove")
     return 0

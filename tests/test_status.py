@@ -368,3 +368,15 @@ def test_sigterm_then_status_says_interrupted_and_wait_returns(vm: Env, fabric: 
     proc.communicate(timeout=10)
     out = vm.run("status", "--wait", "--timeout", "20")
     assert out.returncode == 3 and "interrupted" in out.stdout, out.stdout + out.stderr
+
+
+# ---- clean's messages ------------------------------------------------------------------------------------------
+
+def test_clean_machine_id_says_created_when_it_created_the_file(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
+    machine_id = box.root / "etc" / "machine-id"
+    code, out, _ = box.main(capsys, "clean", "--machine-id")
+    assert code == 0 and f"created {machine_id} ('uninitialized')" in out and "removed" not in out
+    machine_id.write_text("0123456789abcdef0123456789abcdef\n")
+    machine_id.chmod(0o644)
+    code, out, _ = box.main(capsys, "clean", "--machine-id")
+    assert code == 0 and f"removed {machine_id} (now 'uninitialized')" in out
