@@ -329,9 +329,9 @@ def render_document(data: dict[str, Any], long: bool = False) -> str:
     for err in data.get("recoverable_errors") or []:
         lines.append(_line("recoverable error", f"{_s(err.get('step', '?'))}: {_reason(err)}"))
     last_error = data.get("last_error")
+    if long:  # the error in full comes below, each detail on its own line
+        return "\n".join(lines + _long(data))
     lines.append(_line("last error", _reason(last_error) if isinstance(last_error, dict) else None))
-    if long:
-        lines += _long(data)
     return "\n".join(lines)
 
 
@@ -349,15 +349,17 @@ def _long(data: dict[str, Any]) -> list[str]:
     lines.append(f"  {'total':<14}{sum(totals.values()):>10.3f}s")
     lines.append(_line("record created", data.get("created_at")))
     lines.append(_line("record updated", data.get("updated_at")))
-    for label, err in [("last error", data.get("last_error")), ("config error", data.get("config_error")),
+    for label, err in [("config error", data.get("config_error")),
                        *(("recoverable error", e) for e in data.get("recoverable_errors") or [])]:
         if isinstance(err, dict):
             lines += _error_lines(label, err)
+    last_error = data.get("last_error")
+    lines += _error_lines("last error", last_error) if isinstance(last_error, dict) else [_line("last error", None)]
     return lines
 
 
 def _error_lines(label: str, err: dict[str, Any]) -> list[str]:
-    lines = [f"{label} (full):", f"  reason: {_s(err.get('reason', '?'))}"]
+    lines = [f"{label}:", f"  reason: {_s(err.get('reason', '?'))}"]
     for key in ("step", "state", "at"):
         if err.get(key) is not None:
             lines.append(f"  {key}: {_s(err[key])}")
