@@ -2,12 +2,11 @@
 the only place where errors become exit codes.
 
 Exit codes of a run: 0 DONE, 1 FAILED, 78 configuration error, 75 lock not obtained, 64 usage error,
-143/130 terminated by SIGTERM/SIGINT. `--status`: 0 ok, 1 failed,
-2 done with recoverable errors, 3 interrupted, 77 permission denied, 124 `--wait --timeout` expired (see
-statemachine/status.py). `--dry-run`: 0 every step can plan, 2 only recoverable problems, 1 a step
-would fail (or the fabric cannot be read). `clean`: 0 cleaned, 75 a run holds the lock. The DONE fast
-path (a provisioned VM's later boots) reads the record and exits without importing transitions, requests
-or lxml.
+143/130 terminated by SIGTERM/SIGINT. `--status`: 0 ok, 1 failed, 2 done with recoverable errors,
+3 interrupted, 77 permission denied, 124 `--wait --timeout` expired (statemachine/status.py). `--dry-run`:
+0 every step can plan, 2 only recoverable problems, 1 a step would fail (or the fabric cannot be read).
+`clean`: 0 cleaned, 75 a run holds the lock. The DONE fast path (a provisioned VM's later boots) reads the
+record and exits without importing transitions, requests or lxml.
 """
 
 from __future__ import annotations
