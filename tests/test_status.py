@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from conftest import REPO, Env
 from fakefabric import FakeFabric
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scenarios import wait_for
 
 from statemachine import arguments, cli, optout, persistence, status
@@ -134,6 +136,33 @@ def test_every_situation_carries_every_key_and_a_documented_state(box: Box,
         assert set(data) == set(status.KEYS)
         assert data["state"] in status.STATES
     assert "unknown" in status.STATES and "`unknown`" in DOC.read_text()
+
+
+@settings(max_examples=200, deadline=None)
+@given(state=st.sampled_from([None, *Phase]), pid=st.one_of(st.none(), st.integers(1, 1 << 22)),
+       disabled=st.one_of(st.none(), st.just("marker file /etc/azprov/disabled exists")),
+       recoverable=st.booleans(), booted=st.one_of(st.none(), st.floats(0, 4e9)),
+       durations=st.lists(st.one_of(st.none(), st.floats(0, 1e6)), max_size=4))
+def test_document_always_has_every_key_a_documented_state_and_a_documented_code(
+        state: Phase | None, pid: int | None, disabled: str | None, recoverable: bool, booted: float | None,
+        durations: list[float | None]) -> None:
+    rec = None
+    if state is not None:
+        history = tuple({"state": state.value, "at": at(-len(durations) + i), "event": "e",
+                         **({"duration_s": d} if d is not None else {})} for i, d in enumerate(durations))
+        rec = Record(state=state, history=history, updated_at=at(),
+                     recoverable_errors=({"step": "hostname", "reason": "r"},) if recoverable else ())
+    data = status.document(rec, pid, disabled, booted=booted)
+    assert set(data) == set(status.KEYS) and data["state"] in status.STATES
+    code = status.code_of(data)
+    assert code in PINNED_CODES.values()
+    assert (code == status.EXIT_INTERRUPTED) == (data["interrupted"] and data["state"] != "disabled")
+    assert data["running"] == (pid is not None and (rec is None or state not in (Phase.DONE, Phase.FAILED)))
+    assert code == 0 or data["state"] != "disabled"  # disabled is never an error
+    if data["history"]:
+        assert "duration_s" in data["history"][-1]
+    json.dumps(data)
+    assert status.render_document(data, long=True).startswith("state:")
 
 
 def test_not_started_has_nulls_and_empty_lists(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
