@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,13 +18,8 @@ def system_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record (and never perform) every way of changing the running system's hostname; pretend systemd
     and hostnamectl are there, so "auto" would pick hostnamectl if it looked at the running system."""
     calls: list[str] = []
-
-    def fake_run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
-        calls.append(" ".join(argv))
-        return subprocess.CompletedProcess(argv, 0, b"", b"")
-
     monkeypatch.setattr(hostname.socket, "sethostname", lambda name: calls.append(f"sethostname {name}"))
-    monkeypatch.setattr(hostname.subprocess, "run", fake_run)
+    monkeypatch.setattr(hostname, "_hostnamectl", lambda name: calls.append(f"hostnamectl set-hostname {name}"))
     monkeypatch.setattr(hostname.shutil, "which", lambda name: f"/usr/bin/{name}")
     monkeypatch.setattr(hostname.os.path, "isdir", lambda path: True)
     return calls
@@ -45,7 +38,7 @@ def test_auto_with_a_relocated_root_only_writes_the_file(tmp_path: Path, system_
 
 
 @pytest.mark.parametrize("method, expected", [("sethostname", ["sethostname web-01"]),
-                                              ("hostnamectl", ["hostnamectl set-hostname -- web-01"]),
+                                              ("hostnamectl", ["hostnamectl set-hostname web-01"]),
                                               ("file", [])])
 def test_explicit_methods_do_what_they_say(tmp_path: Path, system_calls: list[str], method: str,
                                            expected: list[str]) -> None:
