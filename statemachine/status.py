@@ -44,6 +44,7 @@ RECORD_KEYS = tuple(to_json(Record()))
 STATUS_KEYS = ("running", "pid", "interrupted", "disabled_reason", "config_error", "detail")
 KEYS = RECORD_KEYS + STATUS_KEYS
 
+
 def exit_code(record: Record | None) -> int:
     """The exit code a record alone implies (no lock or opt-out view)."""
     if record is None:
