@@ -19,8 +19,9 @@ $(BIN)/.stamp: pyproject.toml
 venv: $(BIN)/.stamp
 
 # A whole provisioning against the embedded fake fabric, in a temporary root and UTS namespace.
+# SCENARIO=ready|503|410|imds-down|all (scripts/demo.py --help).
 demo: $(BIN)/.stamp
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python scripts/demo.py $(if $(SCENARIO),--scenario $(SCENARIO))
 
 # The quick suite: unit, property, CLI and crash tests, plus mypy and ruff (as tests).
 test: $(BIN)/.stamp

@@ -73,7 +73,7 @@ def reset_machine_id(root: Path) -> str | None:
         return None
     with _refusals("machine id cannot be written"):
         fs.atomic_write(root, rel, b"uninitialized\n", 0o444)
-    return f"{path} (now 'uninitialized')"
+    return f"created {path} ('uninitialized')" if found is None else f"{path} (now 'uninitialized')"
 
 
 def unlink_dbus_machine_id(root: Path) -> str | None:

@@ -2,11 +2,11 @@
 the only place where errors become exit codes.
 
 Exit codes of a run: 0 DONE, 1 FAILED, 78 configuration error, 75 lock not obtained, 64 usage error,
-143/130 terminated by SIGTERM/SIGINT. `--status`: 0 ok (done, running, not started), 1 failed,
-2 done with recoverable errors. `--dry-run`: 0 every step can plan, 2 only recoverable problems, 1 a step
-would fail (or the fabric cannot be read). `clean`: 0 cleaned, 75 a run holds the lock. The DONE fast
-path (a provisioned VM's later boots) reads the record and exits without importing transitions, requests
-or lxml.
+143/130 terminated by SIGTERM/SIGINT. `--status`: 0 ok, 1 failed, 2 done with recoverable errors,
+3 interrupted, 77 permission denied, 124 `--wait --timeout` expired (statemachine/status.py). `--dry-run`:
+0 every step can plan, 2 only recoverable problems, 1 a step would fail (or the fabric cannot be read).
+`clean`: 0 cleaned, 75 a run holds the lock. The DONE fast path (a provisioned VM's later boots) reads the
+record and exits without importing transitions, requests or lxml.
 """
 
 from __future__ import annotations
@@ -20,11 +20,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from statemachine import config, fastpath, persistence
 from statemachine import log as logsetup
 from statemachine.errors import AgentError, ConfigError, StateFileError, Terminated
 from statemachine.log import fields
+
+if TYPE_CHECKING:  # argparse stays unimported on the unit's own command line
+    import argparse
 
 log = logging.getLogger("azprov")
 
@@ -45,11 +49,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = config.load_texts(layers)
     except ConfigError as e:
         print(f"azprov: {e}", file=sys.stderr)
+        if args is not None and args.status:  # status still finds the record, with what is valid
+            cfg, problems = config.load_valid(explicit)
+            return status(cfg, args, problems[0] if problems else e)
         return e.exit_code
     logsetup.setup(cfg.log.level)
     state_file = cfg.state_dir / persistence.STATE_FILE
     if args is not None and args.status:
-        return status(state_file, args.json, args.wait, kvp_pool(cfg) if args.kvp else None)
+        return status(cfg, args)
     if args is not None and args.dry_run:
         return dry_run(cfg, args.json)
     if args is not None and args.command == "clean":
@@ -113,7 +120,7 @@ def clean(cfg: config.Config, logs: bool, machine_id: bool) -> int:
         print(f"azprov: clean: {e}", file=sys.stderr)
         return e.exit_code
     for path in removed:
-        print(f"removed {path}")
+        print(path if path.startswith("created ") else f"removed {path}")
     if not removed:
         print("nothing to remove")
     return 0
@@ -138,26 +145,12 @@ def kvp(cfg: config.Config, as_json: bool) -> int:
     return 0 if pool.is_file() else 1
 
 
-def status(state_file: Path, as_json: bool, wait: bool, pool: Path | None = None) -> int:
+def status(cfg: config.Config, args: argparse.Namespace, config_error: ConfigError | None = None) -> int:
     from statemachine import status as st
 
-    try:
-        while wait and not st.is_settled(state_file):
-            sleep(0.2)
-        text, code = st.show(state_file, as_json)
-        if pool is not None:
-            text = st.with_kvp(text, pool, as_json)
-    except StateFileError as e:
-        if as_json:
-            text = json.dumps({"state": "unknown", "last_error": e.as_dict()}, indent=2)
-            print(st.with_kvp(text, pool, True) if pool is not None else text)
-        else:
-            print(f"azprov: {e}", file=sys.stderr)
-            if pool is not None:  # a broken record is exactly when the pool helps
-                print(st.with_kvp("", pool, False).lstrip("\n"))
-        return 1
-    print(text)
-    return code
+    return st.command(cfg.state_dir / persistence.STATE_FILE, Path(cfg.paths.root), as_json_output=args.json,
+                      long=args.long, wait_for_end=args.wait, timeout=args.timeout,
+                      pool=kvp_pool(cfg) if args.kvp else None, config_error=config_error)
 
 
 def sleep(seconds: float) -> None:

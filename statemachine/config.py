@@ -292,3 +292,30 @@ def load_texts(layers: Iterable[tuple[Path, str]]) -> Config:
 def load_layers(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> Config:
     """Defaults < system file < drop-ins < `--config`."""
     return load_texts(read_layers(explicit, system_dir))
+
+
+def load_valid(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> tuple[Config, list[ConfigError]]:
+    """For when the config is broken but azprov must still act (`--status`): the defaults with every key
+    that is valid on its own applied, layer by layer, and the problems in layer order. A layer that cannot
+    be read or parsed contributes nothing; a layer with a bad key contributes its other keys."""
+    config, problems = Config(), []
+    try:
+        paths = system_layers(system_dir) + ([explicit] if explicit is not None else [])
+    except OSError as e:
+        return config, [ConfigError("configuration directory is unreadable", file=str(system_dir),
+                                    error=e.strerror)]
+    for path in paths:
+        try:
+            document = parse_file(path)
+        except ConfigError as e:
+            problems.append(e)
+            continue
+        for section, table in document.items():
+            pairs = [{section: {key: value}} for key, value in table.items()] if isinstance(table, dict) else [
+                {section: table}]
+            for pair in pairs:
+                try:
+                    config = merge(config, pair, str(path))
+                except ConfigError as e:
+                    problems.append(e)
+    return config, problems

@@ -1,24 +1,52 @@
-"""`azprov --status`: read the record (never the lock), render it for people or machines, pick the exit code.
+"""`azprov --status` / `azprov status`: read the record (never take the lock), render it for people or
+machines, pick the exit code.
 
-Exit codes follow `cloud-init status`: 0 no error (done, running or not started), 1 failed, 2 done with
-recoverable errors. The record is replaced atomically by the run, so reading it mid-run is safe.
+Conventions follow `cloud-init status`: 0 no error (done, running, not started, disabled), 1 failed,
+2 done with recoverable errors; `--wait` returns once provisioning has ended. Beyond cloud-init:
+3 interrupted (a run stopped mid-phase and none holds the lock: the next run resumes it), 77 the record
+cannot be read for lack of permission, 124 `--wait --timeout` expired. The record is replaced atomically
+by the run, so reading it mid-run is safe. Whether a run is going comes from the kernel's lock table, not
+from the pid the last run wrote, which outlives that run.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from statemachine.persistence import Record, load, to_json
-from statemachine.phase import Phase
+from statemachine import optout
+from statemachine.errors import ConfigError, StateFileError
+from statemachine.persistence import LOCK_FILE, SCHEMA, Record, load, to_json
+from statemachine.phase import TERMINAL, Phase
+from statemachine.timeutil import parse_utc
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_RECOVERABLE = 2
+EXIT_INTERRUPTED = 3
+EXIT_NOPERM = 77  # EX_NOPERM
+EXIT_TIMEOUT = 124  # as timeout(1)
+
+# Every `state` the output can carry. "unknown": a record exists but cannot be read or trusted (last_error
+# says why); it is neither "failed" (no provisioning outcome is known, and the next run starts fresh) nor
+# "not_started" (something did run).
+STATES = ("not_started", "disabled", *(p.value for p in Phase), "unknown")
+
+# The JSON keys: every key of a record (so a key the record gains is shown without touching this file),
+# then the ones status adds. Every key is always present, null where unknown; keys are only ever added.
+RECORD_KEYS = tuple(to_json(Record()))
+STATUS_KEYS = ("running", "pid", "interrupted", "disabled_reason", "config_error", "detail")
+KEYS = RECORD_KEYS + STATUS_KEYS
 
 
 def exit_code(record: Record | None) -> int:
+    """The exit code a record alone implies (no lock or opt-out view)."""
     if record is None:
         return EXIT_OK
     if record.state is Phase.FAILED:
@@ -28,66 +56,322 @@ def exit_code(record: Record | None) -> int:
     return EXIT_OK
 
 
-def _running(state_dir: Path) -> bool:
-    """Best effort, without touching the lock: is the pid the last run wrote into it still alive?"""
+# ---- what the machine says: lock holder, boot time ---------------------------------------------------------
+
+def lock_holder(state_dir: Path, locks: Path = Path("/proc/locks")) -> int | None:
+    """The pid holding the run's flock (on the lock file, or on the directory where the file cannot be
+    written), from the kernel's lock table; None when nobody holds it. Without /proc/locks, the pid the run
+    wrote into the lock file, if that process still looks like azprov."""
+    inodes = set()
+    for path in (state_dir / LOCK_FILE, state_dir):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        inodes.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+    if not inodes:
+        return None
     try:
-        pid = int((state_dir / "lock").read_text().strip())
+        table = locks.read_text()
+    except OSError:
+        return _pid_from_lock_file(state_dir)
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter's line has "->" after the number.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] in inodes:
+            try:
+                return int(fields[4])
+            except ValueError:
+                return 0
+    return None
+
+
+def _pid_from_lock_file(state_dir: Path) -> int | None:
+    try:
+        pid = int((state_dir / LOCK_FILE).read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
-        return False
-    return b"azprov" in cmdline or b"statemachine" in cmdline
+        return None
+    return pid if pid != os.getpid() and (b"azprov" in cmdline or b"statemachine" in cmdline) else None
 
 
-def as_json(record: Record | None, state_dir: Path) -> dict[str, Any]:
+def boot_time(stat: Path = Path("/proc/stat")) -> float | None:
+    """When this boot began (UTC seconds), or None when unknown."""
+    try:
+        for line in stat.read_text().splitlines():
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _seconds(stamp: Any) -> float | None:
+    try:
+        return parse_utc(stamp).timestamp()
+    except (TypeError, ValueError, AttributeError):
+        return None
+
+
+# ---- the document ------------------------------------------------------------------------------------------
+
+def document(record: Record | None, pid: int | None, disabled: str | None = None, *,
+             config_error: ConfigError | None = None, now: float | None = None,
+             booted: float | None = None, state_dir: Path | None = None) -> dict[str, Any]:
+    """The `--status --json` document. Pure: every fact about the machine is an argument."""
+    now = time.time() if now is None else now
+    data: dict[str, Any] = dict.fromkeys(KEYS)
+    data.update(schema=SCHEMA, boot_attempts=0, attempts=0, history=[], steps={}, recoverable_errors=[],
+                running=False, interrupted=False, disabled_reason=disabled,
+                config_error=config_error.as_dict() if config_error else None)
     if record is None:
-        return {"state": "not_started", "vm_id": None, "incarnation": None, "reported_ready_at": None,
-                "history": [], "last_error": None, "running": _running(state_dir), "steps": {},
-                "recoverable_errors": []}
-    data = to_json(record)
-    data["running"] = record.state not in (Phase.DONE, Phase.FAILED) and _running(state_dir)
+        data["running"] = pid is not None
+        data["pid"] = pid
+        if disabled and pid is None:
+            data.update(state="disabled", detail=f"azprov is disabled: {disabled}; it does not run")
+        else:
+            where = f" in {state_dir}" if state_dir else ""
+            data.update(state="not_started", detail=(
+                f"no record yet{where}; a run is starting (pid {pid})" if pid is not None
+                else f"no record{where}: azprov has not run on this VM yet"))
+        return data
+    data.update(to_json(record))
+    state = record.state.value
+    running = record.state not in TERMINAL and pid is not None
+    interrupted = record.state not in TERMINAL and pid is None
+    data.update(running=running, pid=pid if running else None, interrupted=interrupted)
+    data["history"] = _with_last_duration(list(record.history), record, running, now)
+    reason = (record.last_error or {}).get("reason")
+    if running:
+        data["detail"] = f"provisioning is running (pid {pid}), in {state}"
+    elif interrupted:
+        data["detail"] = (f"interrupted in {state} on an earlier boot; this boot's run resumes it"
+                          if _earlier_boot(data, booted) else
+                          f"interrupted: the run stopped in {state} before it finished (SIGTERM, crash or "
+                          "power cut) and no run holds the lock; the next run (a reboot, or "
+                          "`systemctl restart azprov`) resumes it")
+        if disabled:
+            data.update(state="disabled", detail=f"azprov is disabled: {disabled}; the record was left "
+                        f"unfinished in {state}")
+    elif record.state is Phase.FAILED:
+        data["detail"] = f"provisioning failed: {reason}" if isinstance(reason, str) else "provisioning failed"
+    else:
+        count = len(record.recoverable_errors)
+        data["detail"] = "provisioning finished" + (f" with {count} recoverable error(s)" if count else "")
     return data
+
+
+def _with_last_duration(history: list[dict[str, Any]], record: Record, running: bool,
+                        now: float) -> list[dict[str, Any]]:
+    """The last entry's `duration_s`: 0 for done/failed (an end lasts no time), the seconds so far while a
+    run is in it, the seconds until the record's last save when it was interrupted. Never stored: the
+    record holds only what the run measured."""
+    if not history or isinstance(history[-1].get("duration_s"), (int, float)):
+        return history
+    last = dict(history[-1])
+    entered = _seconds(last.get("at"))
+    if record.state in TERMINAL:
+        last["duration_s"] = 0.0
+    elif entered is not None:
+        until = now if running else _seconds(record.updated_at)
+        last["duration_s"] = round(max(0.0, until - entered), 3) if until is not None else None
+    else:
+        last["duration_s"] = None
+    return history[:-1] + [last]
+
+
+def code_of(data: dict[str, Any]) -> int:
+    """The exit code of a document (a broken record: 1, or 77 for a permission problem, set by `snapshot`)."""
+    state = data.get("state")
+    if state == "failed":
+        return EXIT_FAILED
+    if state == "done":
+        return EXIT_RECOVERABLE if data.get("recoverable_errors") else EXIT_OK
+    if state == "unknown":
+        return EXIT_FAILED
+    if data.get("interrupted") and state != "disabled":
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _permission_problem(e: StateFileError) -> bool:
+    cause = e.__cause__
+    if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM):
+        return True
+    # A root-owned record in a directory others can search: refused as "another user's", but the cure is root.
+    return e.reason == "state record is owned by another user" and os.geteuid() != 0
+
+
+def snapshot(state_file: Path, root: Path, config_error: ConfigError | None = None,
+             cmdline: Path = optout.CMDLINE,
+             booted: Callable[[], float | None] = boot_time) -> tuple[dict[str, Any], int]:
+    """The document and exit code, from the record, the lock table and the opt-out switches."""
+    state_dir = state_file.parent
+    disabled = optout.disabled_reason(root, cmdline)
+    pid = lock_holder(state_dir)
+    try:
+        record = load(state_file)
+    except StateFileError as e:
+        data = document(None, None, disabled, config_error=config_error)
+        data.update(running=pid is not None, pid=pid, state="unknown", last_error=e.as_dict(),
+                    boot_attempts=None, attempts=None)
+        if _permission_problem(e):
+            data["detail"] = f"the record cannot be read: {e}; run as root"
+            return data, EXIT_NOPERM
+        data["detail"] = f"the record cannot be used: {e}; the next run moves it aside and starts afresh"
+        return data, EXIT_FAILED
+    data = document(record, pid, disabled, config_error=config_error, booted=booted(), state_dir=state_dir)
+    return data, code_of(data)
+
+
+def _earlier_boot(data: dict[str, Any], booted: float | None) -> bool:
+    """The record was last saved before this boot began: the unit runs on every boot until DONE, so this
+    boot's run will resume it. (Judged by the wall clock: a clock stepped forward by more than the run's
+    uptime makes a record of this boot look older; `--wait --timeout` bounds that case.)"""
+    updated = _seconds(data.get("updated_at"))
+    return booted is not None and updated is not None and updated < booted
+
+
+def settled(data: dict[str, Any], booted: float | None = None) -> bool:
+    """For `--wait`: nothing more will happen without someone acting. Not started, running, or interrupted
+    on an earlier boot (this boot's run resumes it) keep us waiting."""
+    if data["running"]:
+        return False
+    if data["state"] in ("done", "failed", "disabled", "unknown"):
+        return True
+    return bool(data["interrupted"]) and not _earlier_boot(data, booted)
+
+
+def wait(state_file: Path, root: Path, timeout: float | None, config_error: ConfigError | None = None,
+         progress: TextIO | None = None, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic, interval: float = 0.2,
+         cmdline: Path = optout.CMDLINE,
+         booted: Callable[[], float | None] = boot_time) -> tuple[dict[str, Any], int]:
+    """Poll until `settled`; say on `progress` each time the state changes, and every 30 s that we still
+    wait. Exit 124 once `timeout` seconds have passed."""
+    progress = progress or sys.stderr
+    started = clock()
+    said, said_at = "", started
+    boot = booted()  # once: it does not change while we wait
+    while True:
+        data, code = snapshot(state_file, root, config_error, cmdline, lambda: boot)
+        if settled(data, boot):
+            return data, code
+        now = clock()
+        line = f"azprov: waiting: {_headline(data)}"
+        if line != said or now - said_at >= 30:
+            print(line + (f" ({now - started:.0f}s)" if line == said else ""), file=progress, flush=True)
+            said, said_at = line, now
+        if timeout is not None and now - started >= timeout:
+            print(f"azprov: gave up waiting after {timeout:g}s: {data['detail']}", file=progress, flush=True)
+            return data, EXIT_TIMEOUT
+        sleep(interval if timeout is None else max(0.0, min(interval, timeout - (now - started))))
+
+
+# ---- text ----------------------------------------------------------------------------------------------
+
+def _headline(data: dict[str, Any]) -> str:
+    state = _s(data.get("state"))
+    if data.get("running"):
+        return f"{state} (running, pid {data.get('pid')})"
+    if data.get("interrupted") and state != "disabled":
+        return f"{state} (interrupted)"
+    return state
 
 
 def _line(label: str, value: Any) -> str:
     return f"{label + ':':<18}{value if value not in (None, '') else '-'}"
 
 
-def render(record: Record | None, state_dir: Path) -> str:
-    data = as_json(record, state_dir)
-    lines = [_line("state", data["state"] + (" (running)" if data["running"] else ""))]
-    if record is None:
-        lines.append(f"no record in {state_dir}: azprov has not run on this VM yet")
+def as_json(record: Record | None, state_dir: Path) -> dict[str, Any]:
+    """The document for a record already loaded (no opt-out view)."""
+    return document(record, lock_holder(state_dir), state_dir=state_dir, booted=boot_time())
+
+
+def render(record: Record | None, state_dir: Path, long: bool = False) -> str:
+    return render_document(as_json(record, state_dir), long)
+
+
+def render_document(data: dict[str, Any], long: bool = False) -> str:
+    lines = [_line("state", _headline(data)), _line("detail", data.get("detail"))]
+    if data.get("disabled_reason") and data.get("state") != "disabled":
+        lines.append(_line("disabled", data["disabled_reason"]))
+    if data.get("config_error"):
+        lines.append(_line("config error", _reason(data["config_error"])))
+    if data.get("state") in ("not_started", "disabled", "unknown") and data.get("vm_id") is None:
+        if data.get("state") == "unknown" and data.get("last_error"):
+            lines.append(_line("last error", _reason(data["last_error"])))
         return "\n".join(lines)
     source = {"smbios": "SMBIOS product_uuid", "imds": "IMDS compute.vmId (no SMBIOS on this machine)"}
-    vm = record.vm_id + (f" (from {source.get(record.vm_id_source or '', record.vm_id_source)})"
-                         if record.vm_id_source else "") if record.vm_id else None
+    vm_id, vm_source = data.get("vm_id"), data.get("vm_id_source")
+    vm = _s(vm_id) + (f" (from {source.get(_s(vm_source), _s(vm_source))})" if vm_source else "") if vm_id else None
     lines += [
         _line("vm id", vm),
-        _line("incarnation", record.incarnation),
-        _line("container id", record.container_id),
-        _line("instance id", record.instance_id),
-        _line("ready reported", record.reported_ready_at),
-        _line("failure reported", record.failure_reported_at),
-        _line("boot attempts", record.boot_attempts),
+        _line("incarnation", data.get("incarnation")),
+        _line("container id", data.get("container_id")),
+        _line("instance id", data.get("instance_id")),
+        _line("ready reported", data.get("reported_ready_at")),
+        _line("failure reported", data.get("failure_reported_at")),
+        _line("boot attempts", data.get("boot_attempts")),
         "history:",
     ]
-    for entry in record.history:
-        took = f"{entry['duration_s']:.3f}s" if isinstance(entry.get("duration_s"), (int, float)) else "…"
-        lines.append(f"  {_s(entry.get('at', '?')):<26}{_s(entry.get('state', '?')):<14}{took:>10}  "
-                     f"({_s(entry.get('event', ''))})")
-    if record.steps:
+    for entry in data.get("history") or []:
+        lines.append(f"  {_s(entry.get('at', '?')):<26}{_s(entry.get('state', '?')):<14}"
+                     f"{_took(entry.get('duration_s')):>10}  ({_s(entry.get('event', ''))})")
+    steps = data.get("steps") or {}
+    if steps:
         lines.append("configure steps:")
         # In the order they ran (the record's JSON keeps keys sorted).
-        for name, step in sorted(record.steps.items(), key=lambda item: str(item[1].get("at", ""))):
+        for name, step in sorted(steps.items(), key=lambda item: str(item[1].get("at", ""))):
             error = step.get("error")
             detail = step.get("result") or (error.get("reason", "") if isinstance(error, dict) else "")
-            took = f"{step['duration_s']:.3f}s" if isinstance(step.get("duration_s"), (int, float)) else "…"
-            lines.append(f"  {name:<12}{_s(step.get('status', '?')):<20}{_s(step.get('at', '')):<26}{took:>10}  "
-                         f"{_s(detail)}")
-    for err in record.recoverable_errors:
-        lines.append(_line("recoverable error", f"{err.get('step', '?')}: {_reason(err)}"))
-    lines.append(_line("last error", _reason(record.last_error) if record.last_error else None))
+            lines.append(f"  {name:<12}{_s(step.get('status', '?')):<20}{_s(step.get('at', '')):<26}"
+                         f"{_took(step.get('duration_s')):>10}  {_s(detail)}")
+    for err in data.get("recoverable_errors") or []:
+        lines.append(_line("recoverable error", f"{_s(err.get('step', '?'))}: {_reason(err)}"))
+    last_error = data.get("last_error")
+    if long:  # the error in full comes below, each detail on its own line
+        return "\n".join(lines + _long(data))
+    lines.append(_line("last error", _reason(last_error) if isinstance(last_error, dict) else None))
     return "\n".join(lines)
+
+
+def _long(data: dict[str, Any]) -> list[str]:
+    """`--long`: time spent in each state, and every error with each of its details on its own line."""
+    lines = ["time per state:"]
+    totals: dict[str, float] = {}
+    for entry in data.get("history") or []:
+        took = entry.get("duration_s")
+        if isinstance(took, (int, float)) and not isinstance(took, bool):
+            state = _s(entry.get("state", "?"))
+            totals[state] = totals.get(state, 0.0) + took
+    for state, took in totals.items():
+        lines.append(f"  {state:<14}{took:>10.3f}s")
+    lines.append(f"  {'total':<14}{sum(totals.values()):>10.3f}s")
+    lines.append(_line("record created", data.get("created_at")))
+    lines.append(_line("record updated", data.get("updated_at")))
+    for label, err in [("config error", data.get("config_error")),
+                       *(("recoverable error", e) for e in data.get("recoverable_errors") or [])]:
+        if isinstance(err, dict):
+            lines += _error_lines(label, err)
+    last_error = data.get("last_error")
+    lines += _error_lines("last error", last_error) if isinstance(last_error, dict) else [_line("last error", None)]
+    return lines
+
+
+def _error_lines(label: str, err: dict[str, Any]) -> list[str]:
+    lines = [f"{label}:", f"  reason: {_s(err.get('reason', '?'))}"]
+    for key in ("step", "state", "at"):
+        if err.get(key) is not None:
+            lines.append(f"  {key}: {_s(err[key])}")
+    data = err.get("data")
+    if isinstance(data, dict):
+        lines += [f"  {key}: {_s(value)}" for key, value in sorted(data.items())]
+    return lines
+
+
+def _took(value: Any) -> str:
+    return f"{value:.3f}s" if isinstance(value, (int, float)) and not isinstance(value, bool) else "…"
 
 
 def _s(value: Any) -> str:
@@ -97,25 +381,31 @@ def _s(value: Any) -> str:
 
 def _reason(err: dict[str, Any]) -> str:
     data = err.get("data")
-    details = ", ".join(f"{k}={v}" for k, v in sorted(data.items())) if isinstance(data, dict) else ""
+    details = ", ".join(f"{k}={_s(v)}" for k, v in sorted(data.items())) if isinstance(data, dict) else ""
     where = f" [in {_s(err['state'])} at {_s(err.get('at', '?'))}]" if err.get("state") else ""
     return _s(err.get("reason", "?")) + (f" ({details})" if details else "") + where
 
 
-def show(state_file: Path, as_json_output: bool) -> tuple[str, int]:
-    record = load(state_file)
+def command(state_file: Path, root: Path, *, as_json_output: bool = False, long: bool = False,
+            wait_for_end: bool = False, timeout: float | None = None, pool: Path | None = None,
+            config_error: ConfigError | None = None, out: TextIO | None = None,
+            progress: TextIO | None = None) -> int:
+    """The whole `--status`: print the view, return the exit code."""
+    out, progress = out or sys.stdout, progress or sys.stderr
+    if wait_for_end:
+        data, code = wait(state_file, root, timeout, config_error, progress)
+    else:
+        data, code = snapshot(state_file, root, config_error)
     if as_json_output:
-        return json.dumps(as_json(record, state_file.parent), sort_keys=True, indent=2), exit_code(record)
-    return render(record, state_file.parent), exit_code(record)
-
-
-def is_settled(state_file: Path) -> bool:
-    """For `--status --wait`: a terminal record exists (a run that never started keeps us waiting)."""
-    try:
-        record = load(state_file)
-    except Exception:
-        return False
-    return record is not None and record.state in (Phase.DONE, Phase.FAILED) and not _running(state_file.parent)
+        if pool is not None:
+            data["kvp"] = kvp_json(pool)
+        print(json.dumps(data, sort_keys=True, indent=2), file=out)
+    else:
+        text = render_document(data, long)
+        print(with_kvp(text, pool, False) if pool is not None else text, file=out)
+        if code == EXIT_NOPERM:
+            print("azprov: permission denied reading the record: run as root (sudo azprov status)", file=progress)
+    return code
 
 
 def kvp_json(pool: Path) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 # layer points the fabric at a closed loopback port and the state under a temporary directory, so no test
 # can reach the real Azure addresses or write /var/lib/azprov by falling back to the built-in defaults.
 _GUARD = Path(tempfile.mkdtemp(prefix="azprov-test-guard-"))
+atexit.register(shutil.rmtree, _GUARD, ignore_errors=True)  # a test run leaves /tmp as it found it
 (_GUARD / "azprov.toml").write_text(
     '[fabric]\nwireserver_url = "http://127.0.0.1:9"\nimds_url = "http://127.0.0.1:9"\nnetwork_timeout = 2.0\n'
     f'[paths]\nstate_dir = "{_GUARD / "state"}"\nroot = "{_GUARD / "root"}"\n'

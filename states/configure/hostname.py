@@ -110,8 +110,11 @@ def _resolve_method(ctx: Context) -> str:
     method = ctx.config.hostname.method
     if method != "auto":
         return method
-    # hostnamectl only manages the running system, so a relocated root always goes the direct way.
-    if ctx.config.paths.root == "/" and shutil.which("hostnamectl") and os.path.isdir("/run/systemd/system"):
+    # A relocated root is an image being built (or a test): its /etc/hostname is ours, the running
+    # system's hostname is not. Only an explicit method may touch the running system then.
+    if os.path.realpath(ctx.config.paths.root) != "/":
+        return "file"
+    if shutil.which("hostnamectl") and os.path.isdir("/run/systemd/system"):
         return "hostnamectl"
     return "sethostname"
 
