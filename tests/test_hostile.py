@@ -1,4 +1,4 @@
-"""Hostile and broken input (issue 3): XML, IMDS JSON, config, concurrency, proxies.
+"""Hostile and broken input: XML, IMDS JSON, config, concurrency, proxies.
 
 Each must give a clear error (the reason names the input), a FAILED or retried state as appropriate, no
 traceback, no hang, and nothing outside the configured root touched.
