@@ -35,6 +35,35 @@ if [ "$MODE" = auto ]; then
   else MODE=relocate
   fi
 fi
+# Before anything is written: the venv must be able to run on the target. A venv names its interpreter by
+# absolute path (pyvenv.cfg home=, bin/python) and its compiled wheels match that interpreter's version.
+check_target() {
+  case "$MODE" in
+    host)
+      "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+        || die "$PYTHON lacks the venv module (Debian/Ubuntu: apt install python3-venv), or pass PYTHON=<a python3 with venv>"
+      ;;
+    chroot)
+      chroot "$DESTDIR" /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
+        || die "the image's /usr/bin/python3 lacks the venv module: install python3-venv into $DESTDIR first"
+      ;;
+    relocate)
+      command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON not found; pass PYTHON=<the target's interpreter path>"
+      # The interpreter the venv will name (a venv's python names its base), its version and its stdlib.
+      set -- $("$PYTHON" -c 'import sys, sysconfig
+print(getattr(sys, "_base_executable", None) or sys.executable, "%d.%d" % sys.version_info[:2],
+      sysconfig.get_paths()["stdlib"])')
+      base=$1 version=$2 stdlib=$3
+      { [ -x "$DESTDIR$base" ] && [ -f "$DESTDIR$stdlib/os.py" ]; } \
+        || die "$DESTDIR has no Python $version at $base: pass PYTHON= the target's interpreter path (e.g. PYTHON=/usr/bin/python3), the same version on this machine"
+      [ -f "$DESTDIR$stdlib/venv/__init__.py" ] \
+        || die "$DESTDIR's Python $version has no venv module ($stdlib/venv): install python3-venv into the target first"
+      ;;
+    *) die "AZPROV_INSTALL_MODE=$MODE: expected auto, host, chroot or relocate" ;;
+  esac
+}
+check_target
+
 if [ -n "$WHEELHOUSE" ]; then
   [ -d "$WHEELHOUSE" ] || die "WHEELHOUSE=$WHEELHOUSE is not a directory (run make wheelhouse)"
   WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
