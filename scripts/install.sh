@@ -1,5 +1,5 @@
 #!/bin/sh
-# `make install`: azprov's venv, systemd unit, preset and default configuration.
+# `make install`: azprov's venv, systemd unit, preset, man pages and the (comment-only) configuration.
 #
 # Environment: DESTDIR (staging root, default none), PREFIX (default /usr; the venv goes to $PREFIX/lib/azprov),
 # PYTHON (default python3), WHEELHOUSE (a `make wheelhouse` directory: install offline from it; default: the
@@ -130,6 +130,10 @@ install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$PRESETDIR" "$DESTDIR/etc/azprov"
 sed "s|/usr/lib/azprov/|$VENV/|g" conf/azprov.service > "$DESTDIR$UNITDIR/azprov.service"
 chmod 0644 "$DESTDIR$UNITDIR/azprov.service"
 install -m 0644 conf/90-azprov.preset "$DESTDIR$PRESETDIR/90-azprov.preset"
+install -d -m 0755 "$DESTDIR$PREFIX/share/man/man8" "$DESTDIR$PREFIX/share/man/man5"
+gzip -9nc man/azprov.8 > "$DESTDIR$PREFIX/share/man/man8/azprov.8.gz"
+gzip -9nc man/azprov.toml.5 > "$DESTDIR$PREFIX/share/man/man5/azprov.toml.5.gz"
+chmod 0644 "$DESTDIR$PREFIX/share/man/man8/azprov.8.gz" "$DESTDIR$PREFIX/share/man/man5/azprov.toml.5.gz"
 # Never overwrite an administrator's configuration.
 if [ -e "$DESTDIR/etc/azprov/azprov.toml" ]; then
   say "keeping existing $DESTDIR/etc/azprov/azprov.toml"
