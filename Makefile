@@ -69,4 +69,4 @@ deb:
 	sh scripts/build-deb.sh
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-py* build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .pybuild
