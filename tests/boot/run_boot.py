@@ -282,7 +282,7 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
     rootfs = guest.prepare_rootfs(base, work / "rootfs")
     guest.run(["make", "-C", str(REPO), "install", f"DESTDIR={rootfs}", f"WHEELHOUSE={wheelhouse}"], log=log)
     guest.run(["systemctl", f"--root={rootfs}", "preset", "azprov.service"], log=log)
-    guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
+    verify_unit(rootfs, log)
     add_report_unit(rootfs, "azprov.service", log)
     images["azprov"] = guest.make_disk(rootfs, work / "image-azprov.img")
     if unhardened:
@@ -324,9 +324,16 @@ def install_deb(base: Path, work: Path, log: Path) -> Path:
     (rootfs / "tmp" / deb.name).unlink()
     check((rootfs / "etc/systemd/system/multi-user.target.wants/azprov.service").is_symlink(),
           "deb: azprov.service not enabled by the package")
-    guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
+    verify_unit(rootfs, log)
     add_report_unit(rootfs, "azprov.service", log)
     return rootfs
+
+
+def verify_unit(rootfs: Path, log: Path) -> None:
+    """systemd-analyze verify in the image root. It checks the unit's Documentation= man pages with the
+    host's `man`: MANPATH points that at the image, so the pages must be installed there."""
+    guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log,
+              env={**os.environ, "MANPATH": str(rootfs / "usr/share/man")})
 
 
 def deb_first_boot(image: Path, m: Machine) -> Scenario:
