@@ -1,5 +1,5 @@
 #!/bin/sh
-# `make install`: azprov's venv, systemd unit, preset and default configuration.
+# `make install`: azprov's venv, systemd unit, preset, man pages and the (comment-only) configuration.
 #
 # Environment: DESTDIR (staging root, default none), PREFIX (default /usr; the venv goes to $PREFIX/lib/azprov),
 # PYTHON (default python3), WHEELHOUSE (a `make wheelhouse` directory: install offline from it; default: the
@@ -35,6 +35,35 @@ if [ "$MODE" = auto ]; then
   else MODE=relocate
   fi
 fi
+# Before anything is written: the venv must be able to run on the target. A venv names its interpreter by
+# absolute path (pyvenv.cfg home=, bin/python) and its compiled wheels match that interpreter's version.
+check_target() {
+  case "$MODE" in
+    host)
+      "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+        || die "$PYTHON lacks the venv module (Debian/Ubuntu: apt install python3-venv), or pass PYTHON=<a python3 with venv>"
+      ;;
+    chroot)
+      chroot "$DESTDIR" /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null \
+        || die "the image's /usr/bin/python3 lacks the venv module: install python3-venv into $DESTDIR first"
+      ;;
+    relocate)
+      command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON not found; pass PYTHON=<the target's interpreter path>"
+      # The interpreter the venv will name (a venv's python names its base), its version and its stdlib.
+      set -- $("$PYTHON" -c 'import sys, sysconfig
+print(getattr(sys, "_base_executable", None) or sys.executable, "%d.%d" % sys.version_info[:2],
+      sysconfig.get_paths()["stdlib"])')
+      base=$1 version=$2 stdlib=$3
+      { [ -x "$DESTDIR$base" ] && [ -f "$DESTDIR$stdlib/os.py" ]; } \
+        || die "$DESTDIR has no Python $version at $base: pass PYTHON= the target's interpreter path (e.g. PYTHON=/usr/bin/python3), the same version on this machine"
+      [ -f "$DESTDIR$stdlib/venv/__init__.py" ] \
+        || die "$DESTDIR's Python $version has no venv module ($stdlib/venv): install python3-venv into the target first"
+      ;;
+    *) die "AZPROV_INSTALL_MODE=$MODE: expected auto, host, chroot or relocate" ;;
+  esac
+}
+check_target
+
 if [ -n "$WHEELHOUSE" ]; then
   [ -d "$WHEELHOUSE" ] || die "WHEELHOUSE=$WHEELHOUSE is not a directory (run make wheelhouse)"
   WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
@@ -101,6 +130,10 @@ install -d -m 0755 "$DESTDIR$UNITDIR" "$DESTDIR$PRESETDIR" "$DESTDIR/etc/azprov"
 sed "s|/usr/lib/azprov/|$VENV/|g" conf/azprov.service > "$DESTDIR$UNITDIR/azprov.service"
 chmod 0644 "$DESTDIR$UNITDIR/azprov.service"
 install -m 0644 conf/90-azprov.preset "$DESTDIR$PRESETDIR/90-azprov.preset"
+install -d -m 0755 "$DESTDIR$PREFIX/share/man/man8" "$DESTDIR$PREFIX/share/man/man5"
+gzip -9nc man/azprov.8 > "$DESTDIR$PREFIX/share/man/man8/azprov.8.gz"
+gzip -9nc man/azprov.toml.5 > "$DESTDIR$PREFIX/share/man/man5/azprov.toml.5.gz"
+chmod 0644 "$DESTDIR$PREFIX/share/man/man8/azprov.8.gz" "$DESTDIR$PREFIX/share/man/man5/azprov.toml.5.gz"
 # Never overwrite an administrator's configuration.
 if [ -e "$DESTDIR/etc/azprov/azprov.toml" ]; then
   say "keeping existing $DESTDIR/etc/azprov/azprov.toml"

@@ -26,7 +26,7 @@ from statemachine.persistence import LOCK_FILE
 LOG_PATTERNS = ("azprov.log*", "azprov")  # under <root>/var/log: files, rotations, a directory
 MACHINE_ID = "/etc/machine-id"
 # systemd seeds a first boot's machine id from dbus's copy when that is a regular file with a valid id, so a
-# copy left in the image would give every VM made from it the same id (the boot test's scenario 7).
+# copy left in the image would give every VM made from it the same id (the boot test checks this).
 DBUS_MACHINE_ID = "/var/lib/dbus/machine-id"
 
 

@@ -128,7 +128,7 @@ def parse_ovf_env(body: bytes) -> OvfEnv:
     assert config_set is not None
     set_type = _text(config_set, "ConfigurationSetType")
     if set_type not in (None, "LinuxProvisioningConfiguration"):
-        raise MediaError("ovf-env.xml has an unexpected ConfigurationSetType", value=clean(set_type, 64))
+        raise MediaError("ovf-env.xml has an unexpected ConfigurationSetType", value=clean(set_type or "", 64))
     hostname = _text(config_set, "HostName", required=True)
     username = _text(config_set, "UserName", required=True)
     assert hostname is not None and username is not None

@@ -16,11 +16,8 @@ from typing import Any, Callable
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-# `<clone>/../shared` in CI; worktrees under /work/wt/<name> find it one level further up;
-# AZPROV_FIXTURES points anywhere else.
-FIXTURES = Path(os.environ.get("AZPROV_FIXTURES") or next(
-    (p for p in (REPO.parent / "shared" / "fixtures" / "azure", REPO.parent.parent / "shared" / "fixtures" / "azure")
-     if p.is_dir()), REPO.parent / "shared" / "fixtures" / "azure"))
+# Test data copied from peer projects (see fixtures/azure/PROVENANCE.md); always read from the checkout.
+FIXTURES = REPO / "tests" / "fixtures" / "azure"
 sys.path.insert(0, str(REPO / "tests"))
 
 # Defence in depth for every process the tests start: unless a test says otherwise, the "system" config

@@ -63,7 +63,7 @@ def route_of(method: str, path: str) -> str:
     if method == "POST" and parts.path in ("/machine", "/machine/") and "comp=health" in parts.query:
         return "health"
     if method == "GET" and (parts.path == "/metadata/instance" or parts.path.startswith("/metadata/instance/")):
-        return "imds"  # sub-paths (compute/name?format=text) serve the seed document's curl and WALinuxAgent
+        return "imds"  # sub-paths (compute/name?format=text) serve the Microsoft article's curl and WALinuxAgent
     if method == "POST" and parts.path == "/provisioning/health":
         return "provisioning_health"
     return "unknown"

@@ -173,6 +173,8 @@ def test_install_into_a_staging_root(tmp_path: Path) -> None:
     dest = tmp_path / "root"
     (dest / "etc/azprov").mkdir(parents=True)
     (dest / "etc/azprov/azprov.toml").write_text("# mine\n")
+    from test_install import target_python  # the target has this Python, as make install checks
+    target_python(dest)
     subprocess.run(["make", "-s", "-C", str(REPO), "install", f"DESTDIR={dest}", "PREFIX=/opt/azprov",
                     f"PYTHON={sys.executable}"], check=True, env={**env, "AZPROV_INSTALL_MODE": "relocate"})
     unit = (dest / "usr/lib/systemd/system/azprov.service").read_text()

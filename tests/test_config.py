@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,30 @@ from statemachine.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_shipped_config_equals_builtin_defaults() -> None:
-    assert config.load([REPO / "conf" / "azprov.toml"]) == config.Config()
+SHIPPED = REPO / "conf" / "azprov.toml"
+
+
+def uncommented(text: str) -> str:
+    """The shipped file with its commented-out settings (`#[section]`, `#key = value`) switched on."""
+    return re.sub(r"^#(?=\[\w+\]$|\w+ = )", "", text, flags=re.MULTILINE)
+
+
+def test_shipped_config_is_comments_only() -> None:
+    # Installed as /etc/azprov/azprov.toml: a value set there would pin today's default on every image.
+    assert config.load([SHIPPED]) == config.Config()
+    settings = [line for line in SHIPPED.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert settings == []
+
+
+def test_shipped_config_shows_the_builtin_defaults(tmp_path: Path) -> None:
+    (tmp_path / "azprov.toml").write_text(uncommented(SHIPPED.read_text()))
+    assert config.load([tmp_path / "azprov.toml"]) == config.Config()
 
 
 def test_shipped_config_names_every_key() -> None:
-    text = (REPO / "conf" / "azprov.toml").read_text()
+    text = uncommented(SHIPPED.read_text())
     for section in config.Config._fields:
+        assert f"\n[{section}]\n" in text, f"[{section}] missing from conf/azprov.toml"
         for key in getattr(config.Config(), section)._fields:
             assert f"\n{key} = " in text, f"{section}.{key} missing from conf/azprov.toml"
 

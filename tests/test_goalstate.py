@@ -27,7 +27,7 @@ def goal_state_fixtures() -> list[Path]:
 
 
 def test_fixture_dir_is_there() -> None:
-    assert len(goal_state_fixtures()) >= 9, f"expected the shared fixtures at {FIXTURES}"
+    assert len(goal_state_fixtures()) >= 9, f"expected the goal state fixtures at {FIXTURES}"
 
 
 @pytest.mark.parametrize("path", goal_state_fixtures(), ids=lambda p: p.name)

@@ -1,4 +1,4 @@
-"""Hostile and broken input (issue 3): XML, IMDS JSON, config, concurrency, proxies.
+"""Hostile and broken input: XML, IMDS JSON, config, concurrency, proxies.
 
 Each must give a clear error (the reason names the input), a FAILED or retried state as appropriate, no
 traceback, no hang, and nothing outside the configured root touched.
@@ -388,9 +388,15 @@ def test_sigint_and_sigterm_while_waiting_for_the_lock(vm: Env, fabric: FakeFabr
     first = vm.popen()
     wait_for(lambda: fabric.requests("goalstate"))
     second = vm.popen()
-    time.sleep(0.5)
+    # Signal it once it is waiting, not after a guessed delay: a slow interpreter start is not the test.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(second.stdout or ()), daemon=True)
+    reader.start()
+    wait_for(lambda: any("holds the lock" in line for line in lines), timeout=60)
     second.send_signal(signal.SIGTERM)
-    out, _ = second.communicate(timeout=5)
+    second.wait(timeout=5)
+    reader.join(timeout=5)
+    out = "".join(lines)
     assert second.returncode == 143 and "Traceback" not in out
     assert "terminated before provisioning started" in out
     first.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""The reliability matrix (issue 3): every crash point, SIGTERM in every state, every fabric fault.
+"""The reliability matrix: every crash point, SIGTERM in every state, every fabric fault.
 
 Each case runs the real CLI as a subprocess against the loopback fake (see tests/scenarios.py). Quick
 representatives run in `make test`; the full matrix is `slow` (`make test-slow`, run by .ci/run).

@@ -1,4 +1,4 @@
-"""Hostile and broken state records and state directories (issue 3): the VM must still report Ready.
+"""Hostile and broken state records and state directories: the VM must still report Ready.
 
 A broken record is moved aside (`state.json.corrupt-<time>`) and provisioning starts fresh. A state
 directory that refuses writes (read-only, full) costs the memory of what was done, never the Ready. The

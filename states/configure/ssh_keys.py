@@ -54,6 +54,9 @@ def check_key(key: str) -> str | None:
         return "not '<type> <base64> [comment]'"
     if tokens[0] not in KEY_TYPES:
         return f"unknown key type {tokens[0][:40]!r}"
+    # Padding only at the end, whole quanta: b64decode(validate=True) before Python 3.11.x accepts data after "=".
+    if len(tokens[1]) % 4 or "=" in tokens[1].rstrip("="):
+        return "key body is not base64"
     try:
         blob = base64.b64decode(tokens[1], validate=True)
     except (binascii.Error, ValueError):

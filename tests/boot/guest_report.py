@@ -53,7 +53,8 @@ def timed(*cmd: str) -> float:
 
 
 def timings() -> dict[str, Any]:
-    venv_python = "/usr/lib/azprov/bin/python"
+    # The venv's interpreter (make install), or the system's (the Debian package).
+    venv_python = next(p for p in ("/usr/lib/azprov/bin/python", "/usr/bin/python3") if os.path.exists(p))
     out: dict[str, Any] = {"python3 -c pass": timed("/usr/bin/python3", "-c", "pass")}
     if os.path.exists(AZPROV):
         out["azprov --version"] = timed(AZPROV, "--version")

@@ -272,7 +272,7 @@ steps = ["hostname", "user", "ssh_keys"]
 
 
 def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False,
-                 full: bool = False) -> dict[str, Path]:
+                 full: bool = False, deb: bool = False) -> dict[str, Path]:
     """The azprov image and its variants (unhardened, full provisioning) and the seed-unit image: disks made
     from the cached base, azprov installed as users do; each variant is the same tree plus one file."""
     base = guest.build_base(CACHE, log)
@@ -282,7 +282,7 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
     rootfs = guest.prepare_rootfs(base, work / "rootfs")
     guest.run(["make", "-C", str(REPO), "install", f"DESTDIR={rootfs}", f"WHEELHOUSE={wheelhouse}"], log=log)
     guest.run(["systemctl", f"--root={rootfs}", "preset", "azprov.service"], log=log)
-    guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
+    verify_unit(rootfs, log)
     add_report_unit(rootfs, "azprov.service", log)
     images["azprov"] = guest.make_disk(rootfs, work / "image-azprov.img")
     if unhardened:
@@ -296,6 +296,9 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         conf.mkdir(parents=True, exist_ok=True)
         (conf / "50-boot-test.toml").write_text(FULL_CONFIG)
         images["azprov-full"] = guest.make_disk(rootfs, work / "image-azprov-full.img")
+    if deb:
+        images["azprov-deb"] = guest.make_disk(install_deb(base, work, log), work / "image-azprov-deb.img")
+        shutil.rmtree(work / "rootfs-deb")
     if with_seed:
         script, unit = seed.load()
         seed.install(rootfs_seed := guest.prepare_rootfs(base, work / "rootfs-seed"), script, unit)
@@ -305,6 +308,43 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         shutil.rmtree(rootfs_seed)
     shutil.rmtree(rootfs)
     return images
+
+
+def install_deb(base: Path, work: Path, log: Path) -> Path:
+    """An image root with the Debian package, installed as Debian image builders do: `make deb`, then apt
+    inside the root, fetching the dependencies from the same mirror the base came from."""
+    guest.run(["make", "-C", str(REPO), "deb"], log=log)
+    deb = max((REPO / "dist").glob("azprov_*_all.deb"), key=lambda p: p.stat().st_mtime)
+    rootfs = guest.prepare_rootfs(base, work / "rootfs-deb")
+    shutil.copy(deb, rootfs / "tmp" / deb.name)
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+    guest.run(["chroot", str(rootfs), "apt-get", "update", "-q"], log=log, env=env)
+    guest.run(["chroot", str(rootfs), "apt-get", "install", "-y", "-q", "--no-install-recommends",
+               f"/tmp/{deb.name}"], log=log, env=env)
+    (rootfs / "tmp" / deb.name).unlink()
+    check((rootfs / "etc/systemd/system/multi-user.target.wants/azprov.service").is_symlink(),
+          "deb: azprov.service not enabled by the package")
+    verify_unit(rootfs, log)
+    add_report_unit(rootfs, "azprov.service", log)
+    return rootfs
+
+
+def verify_unit(rootfs: Path, log: Path) -> None:
+    """systemd-analyze verify in the image root. It checks the unit's Documentation= man pages with the
+    host's `man`: MANPATH points that at the image, so the pages must be installed there."""
+    guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log,
+              env={**os.environ, "MANPATH": str(rootfs / "usr/share/man")})
+
+
+def deb_first_boot(image: Path, m: Machine) -> Scenario:
+    """The Debian package (Debian's own python3-requests, -lxml, -transitions) on a first boot: Ready,
+    hostname, record done."""
+    vm = str(uuid.uuid4())
+    with WatchedFabric(computer_name="web-deb", vm_id=vm_id_for(vm)) as fab:
+        b = m.boot("deb-first-boot", fab, vm)
+    s = Scenario("first boot with the .deb installed by apt", [b])
+    run_checks(s, lambda: expect_provisioned(b, "web-deb", vm_id_for(vm)))
+    return s
 
 
 def add_report_unit(rootfs: Path, unit: str, log: Path) -> None:
@@ -706,7 +746,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
-SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "full-provisioning", "compare")
+SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "full-provisioning", "deb", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -731,13 +771,13 @@ def main(argv: list[str] | None = None) -> int:
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
     images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
-                          unhardened=args.unhardened, full="full-provisioning" in chosen)
+                          unhardened=args.unhardened, full="full-provisioning" in chosen, deb="deb" in chosen)
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
     scenarios: list[Scenario] = []
     runners: dict[str, Callable[[Path, Machine], Any]] = {
         "first-boot-chain": first_boot_chain, "power-cut": power_cut, "power-cut-imds": power_cut_imds,
-        "opt-out": opt_out, "full-provisioning": full_provisioning}
+        "opt-out": opt_out, "full-provisioning": full_provisioning, "deb": deb_first_boot}
     for name in chosen:
         if name == "compare" and "seed" not in images:
             say(f"{name}: skipped (the seed document is not at {seed.SEED_DIR})")
@@ -748,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
                 variants = ("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
                 got = compare(images, work, kernel, args.repeat, variants)
             else:
-                image = images["azprov-full" if name == "full-provisioning" else "azprov"]
+                image = images[{"full-provisioning": "azprov-full", "deb": "azprov-deb"}.get(name, "azprov")]
                 machine = Machine(disk=copy_disk(image, disk), kernel=kernel, work=work, accel=accel())
                 got = runners[name](disk, machine)
         except BootTestError as e:
