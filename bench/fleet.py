@@ -440,6 +440,7 @@ def analyse(scenario: FleetScenario, agent: str, n: int, released: float, fabric
     gaps = retry_gaps(log)
     out: dict[str, Any] = {
         "scenario": scenario.key, "agent": agent, "n": n, "load": load,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "never_ready": n - len(ready),
         "exit_codes": dict(sorted({str(c): sum(1 for x in exits.values() if x[0] == c)
                                    for c, _, _ in exits.values()}.items())),
@@ -482,8 +483,10 @@ def p3(d: dict[str, float | None]) -> str:
 def render(data: dict[str, Any]) -> str:
     meta, rows = data["meta"], data["results"]
     ns = sorted({r["n"] for r in rows})
+    dates = sorted({r.get("date", meta["date"]) for r in rows})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} – {dates[-1]}"
     lines = ["## Fleet benchmark (`make bench-fleet`, bench/fleet.py)", "",
-             f"{meta['date']}, commit {meta['commit']}, N = {', '.join(map(str, ns))} agents per fleet, "
+             f"{when}, commit {meta['commit']}, N = {', '.join(map(str, ns))} agents per fleet, "
              f"{meta['machine']}, interpreter {meta['python']}. One fleet is one agent type; all of a fleet's "
              "agents are released at the same instant on this one machine, so spawn → Ready includes waiting "
              "for a CPU (N interpreters starting on the cores this machine has, shared with other work). "
@@ -571,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE, help="where RESULTS_fleet.md and raw/fleet.json go")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--no-render", action="store_true", help="leave bench/RESULTS*.md alone")
+    p.add_argument("--merge", action="store_true", help="keep the other fleets of bench/raw/fleet.json (this "
+                   "run replaces only the same scenario, agent and N)")
     p.add_argument("--smoke", action="store_true", help="N = 3, azprov, no throttle, no files written; "
                    "prints JSON and exits 1 unless every agent reached Ready")
     args = p.parse_args(argv)
@@ -607,6 +612,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if all(r["never_ready"] == 0 for r in results) else 1
     if not args.no_render:
         (args.out / "raw").mkdir(parents=True, exist_ok=True)
+        old = args.out / "raw" / "fleet.json"
+        if args.merge and old.exists():
+            fresh = {(r["scenario"], r["agent"], r["n"]) for r in results}
+            kept = [r for r in json.loads(old.read_text())["results"]
+                    if (r["scenario"], r["agent"], r["n"]) not in fresh]
+            order = {k: i for i, k in enumerate(SCENARIOS)}
+            data["results"] = sorted(kept + results, key=lambda r: (order[r["scenario"]], -r["n"],
+                                                                    AGENTS.index(r["agent"])))
         (args.out / "raw" / "fleet.json").write_text(json.dumps(data, indent=1) + "\n")
         (args.out / "RESULTS_fleet.md").write_text(render(data))
         (args.out / "RESULTS.md").write_text(run.render(args.out))
