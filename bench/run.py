@@ -468,10 +468,12 @@ def targets(raws: dict[str, dict[str, Any]]) -> list[Target]:
         rows += [("P2", "start→exit ÷ import floor (wall)", *ratio("P2", "wall_s", "import_floor"), 1.0),
                  ("P2", "start→exit ÷ import floor (CPU)", *ratio("P2", "cpu_s", "import_floor"), 1.0),
                  ("P2", "start→exit ÷ cloud-init (wall)", *ratio("P2", "wall_s", "cloudinit"), 0.8),
-                 ("P2", "start→exit ÷ WALinuxAgent (wall)", *ratio("P2", "wall_s", "waagent"), 1.0),
-                 ("P2", "start→exit ÷ the article's script (wall)", *ratio("P2", "wall_s", "article"), float("inf")),
-                 ("P2", "start→exit ÷ our rewrite of the article's unit (wall)",
-                  *ratio("P2", "wall_s", "seed_rewrite"), float("inf"))]
+                 ("P2", "start→exit ÷ cloud-init (CPU)", *ratio("P2", "cpu_s", "cloudinit"), 0.8)]
+    if "P2" in raws:  # for comparison: no target
+        for other, name in (("waagent", "WALinuxAgent"), ("article", "the article's script"),
+                            ("seed_rewrite", "our rewrite of the article's unit")):
+            for metric, label in (("wall_s", "wall"), ("cpu_s", "CPU")):
+                rows.append(("P2", f"start→exit ÷ {name} ({label})", *ratio("P2", metric, other), float("inf")))
     for key, limit in (("P3a", 1.5), ("P3b", 3.5), ("P3c", 0.5)):
         if key in raws:
             rows.append((key, "start→Ready, median (s)", *alone(key, "ready_s"), limit))
