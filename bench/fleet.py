@@ -31,6 +31,7 @@ import os
 import platform
 import resource
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -131,20 +132,38 @@ class FleetFabric:
         self.loop = asyncio.new_event_loop()
         self.servers: list[asyncio.AbstractServer] = []
         self.wire_up_at: float | None = None  # the first WireServer listener's bind
-        self.listen_at: dict[int, float] = {}  # each VM's WireServer bind: 200 binds take a while when starved
+        self.listen_at: dict[int, float] = {}  # each VM's WireServer listen()
+        self.wire_socks: list[tuple[VM, socket.socket]] = []
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self, wire: bool) -> None:
         self._thread.start()
-        self.call(self._listen(IMDS))
+        self.call(self._listen_imds())
+        # The WireServer sockets are bound now and listen later: a connect to a bound socket that does not
+        # listen is refused, and listen() on 200 sockets takes microseconds even when the agents starve this
+        # process of CPU (creating 200 asyncio servers at that moment took seconds to a minute).
+        for vm in self.vms:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((vm.wire, PORT))
+            sock.setblocking(False)
+            self.wire_socks.append((vm, sock))
         if wire:
-            self.call(self._listen(WIRE))
+            self.listen_wire()
 
     def listen_wire(self) -> None:
-        self.call(self._listen(WIRE))
+        for vm, sock in self.wire_socks:
+            self.listen_at[vm.index] = time.monotonic()  # just before listen(): Ready after it is an upper bound
+            sock.listen(64)
+        self.wire_up_at = min(self.listen_at.values())
+        self.call(self._serve_wire(), timeout=None)
 
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+    async def _serve_wire(self) -> None:
+        for _, sock in self.wire_socks:
+            self.servers.append(await asyncio.start_server(self._serve, sock=sock))
+
+    def call(self, coro: Any, timeout: float | None = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout)
 
     def stop(self) -> None:
         async def close() -> None:
@@ -157,14 +176,12 @@ class FleetFabric:
         self.call(close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+        for _, sock in self.wire_socks:  # those that never listened; closing twice is harmless
+            sock.close()
 
-    async def _listen(self, service: str) -> None:
+    async def _listen_imds(self) -> None:
         for vm in self.vms:
-            host = vm.wire if service == WIRE else vm.imds
-            if service == WIRE:  # just before bind+listen: "Ready after the listen" is an upper bound
-                self.listen_at[vm.index] = time.monotonic()
-                self.wire_up_at = self.wire_up_at or self.listen_at[vm.index]
-            self.servers.append(await asyncio.start_server(self._serve, host, PORT, reuse_address=True,
+            self.servers.append(await asyncio.start_server(self._serve, vm.imds, PORT, reuse_address=True,
                                                            backlog=64))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -371,7 +388,12 @@ def run_fleet(scenario: FleetScenario, agent: str, n: int, envs: peers.Environme
         load.__exit__()
         fabric.stop()
     progress(f"fleet {scenario.key} {agent} N={n}: done in {time.monotonic() - released:.1f} s")
-    return analyse(scenario, agent, n, released, fabric, counter, exits, load.summary())
+    result = analyse(scenario, agent, n, released, fabric, counter, exits, load.summary())
+    ready = {e["vm"] for e in fabric.log if e.get("state") == "Ready" and e.get("status") == 200}
+    # Why an agent never got there: the end of its output, for the first few (the workdirs are temporary).
+    result["never_ready_output"] = {str(i): (base / f"{agent}-{i:03d}" / "output.log").read_text(
+        errors="replace")[-600:] for i in sorted(set(range(n)) - ready)[:3]}
+    return result
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -182,7 +182,7 @@ def child_env() -> dict[str, str]:
 # ---- one measured run --------------------------------------------------------------------------------------
 
 def spawn_and_wait(argv: list[str], cap_s: float, log_path: Path,
-                   with_rss: bool = True) -> tuple[float, float, int, int | None, bool, float]:
+                   with_rss: bool = True) -> tuple[float, float, int, int | None, bool, float | None]:
     """Spawn, wait with os.wait4, kill at the cap. With `with_rss` the agent runs under /usr/bin/time, whose
     %M is the agent's own peak RSS; wait4's CPU time then includes time's own (well under a millisecond).
     Returns (spawn time, exit time, exit status, peak RSS KiB or None, killed, CPU seconds user+system)."""
@@ -214,7 +214,10 @@ def spawn_and_wait(argv: list[str], cap_s: float, log_path: Path,
             rss = int(rss_file.read_text().split()[-1])
         except (OSError, ValueError, IndexError):
             rss = None
-    return t0, t_exit, proc.returncode, rss, killed.is_set(), usage.ru_utime + usage.ru_stime
+    cpu: float | None = usage.ru_utime + usage.ru_stime
+    if with_rss and killed.is_set():
+        cpu = None  # the agent died with time, unreaped: wait4 saw only time's own CPU
+    return t0, t_exit, proc.returncode, rss, killed.is_set(), cpu
 
 
 @contextmanager
@@ -264,7 +267,7 @@ def measure(scenario: Scenario, agent: str, run: int, envs: peers.Environments, 
     ready_t = float(readies[0].get("t_answer", readies[0]["t"])) if readies else None
     result: dict[str, Any] = {
         "scenario": scenario.key, "agent": agent, "run": run, "exit": code, "killed_at_cap": killed,
-        "wall_s": round(t_exit - t0, 4), "cpu_s": round(cpu, 4), "rss_kib": rss,
+        "wall_s": round(t_exit - t0, 4), "cpu_s": None if cpu is None else round(cpu, 4), "rss_kib": rss,
         "ready_s": round(ready_t - t0, 4) if ready_t is not None else None,
         "ready_count": len(readies), "requests": routes, "via_time": with_rss,
     }
@@ -380,10 +383,13 @@ def load_text(meta: dict[str, Any]) -> str:
 
 def read_raws(raw_dir: Path) -> dict[str, dict[str, Any]]:
     raws = {p.stem: json.loads(p.read_text()) for p in sorted(raw_dir.glob("P*.json"))}
-    for raw in raws.values():  # earlier runs' agent names
-        raw["summary"] = {RENAMED.get(k, k): v for k, v in raw["summary"].items()}
+    for key, raw in raws.items():  # earlier runs' agent names
         for r in raw["results"]:
             r["agent"] = RENAMED.get(r["agent"], r["agent"])
+            if r.get("via_time") and r["killed_at_cap"]:
+                r["cpu_s"] = None  # see spawn_and_wait
+        agents = tuple(RENAMED.get(k, k) for k in raw["summary"])
+        raw["summary"] = summarise(raw["results"], dataclasses.replace(SCENARIOS[key], agents=agents))
     return raws
 
 
