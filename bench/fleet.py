@@ -392,7 +392,7 @@ def run_fleet(scenario: FleetScenario, agent: str, n: int, envs: peers.Environme
     ready = {e["vm"] for e in fabric.log if e.get("state") == "Ready" and e.get("status") == 200}
     # Why an agent never got there: the end of its output, for the first few (the workdirs are temporary).
     result["never_ready_output"] = {str(i): (base / f"{agent}-{i:03d}" / "output.log").read_text(
-        errors="replace")[-600:] for i in sorted(set(range(n)) - ready)[:3]}
+        errors="replace")[-600:].replace(f"{HERE.parent}/", "") for i in sorted(set(range(n)) - ready)[:3]}
     return result
 
 

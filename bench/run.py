@@ -281,7 +281,8 @@ def measure(scenario: Scenario, agent: str, run: int, envs: peers.Environments, 
             result["hostname"] = work.hostname_file.read_text().strip()
         except OSError:
             result["hostname"] = None
-        result["output_tail"] = (work.path / "output.log").read_text(errors="replace")[-400:]
+        tail = (work.path / "output.log").read_text(errors="replace")[-400:]
+        result["output_tail"] = tail.replace(f"{REPO}/", "")  # paths relative to the repository
     return result
 
 
