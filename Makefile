@@ -59,6 +59,10 @@ bench: $(BIN)/.stamp
 	$(BIN)/python bench/peers.py bench/cache >/dev/null
 	$(ISOLATED) $(BIN)/python bench/run.py
 
+# N agents at once against one fake fabric, in a private network namespace (bench/README.md). N=20 for a quick look.
+bench-fleet: $(BIN)/.stamp
+	$(BIN)/python bench/fleet.py $(if $(N),-n $(N))
+
 install:
 	PYTHON=$(PYTHON) PREFIX=$(PREFIX) DESTDIR=$(DESTDIR) sh scripts/install.sh
 

@@ -2,12 +2,19 @@
 
 - Debian's `cloud-init` and `waagent` packages: `apt-get download` (after `apt-get update` when the package
   is unknown), `dpkg-deb -x` into the cache; their Python trees are put on `sys.path` by the drivers.
-- `peers-venv`: the peers' Python dependencies (what Debian's Depends names), from PyPI.
+- `peers-venv`: the peers' Python dependencies (what Debian's Depends names), from PyPI. WALinuxAgent's
+  `python3-pkg-resources` comes from setuptools pinned to Debian bookworm's version, with setuptools'
+  `distutils-precedence.pth` removed: Debian's python3-pkg-resources ships no distutils shim, and the shim
+  costs WALinuxAgent ~14 MiB and part of its start-up.
 - `azprov-venv`: azprov installed from this tree the way a user gets it (a regular, non-editable install;
   an editable install adds a path finder to every interpreter start), rebuilt when a source file changes.
   The reference measurements (`python -c pass`, the dependency import floor) run in this same venv.
 
-Everything lives under the cache dir (bench/cache by default, git-ignored), keyed by a stamp file.
+Both venvs are built on the interpreter an image runs: `BENCH_PYTHON`, by default `/usr/bin/python3` where it
+exists (else the interpreter behind the running venv). They are created `--without-pip`, so they hold no
+setuptools and no distutils shim of their own; the running interpreter's pip installs into them
+(`pip --python`). Everything lives under the cache dir (bench/cache by default, git-ignored), keyed by stamp
+files that name the base interpreter.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_PACKAGES = ("cloud-init", "waagent")
 PEER_REQUIREMENTS = ("requests", "pyyaml", "jinja2", "jsonpatch", "jsonschema", "configobj", "oauthlib",
-                     "netifaces", "pyserial", "distro", "setuptools")
+                     "netifaces", "pyserial", "distro", "setuptools==66.1.1")
+SHIM = "distutils-precedence.pth"
 DIST_PACKAGES = "usr/lib/python3/dist-packages"
 
 
@@ -44,10 +53,38 @@ def _run(cmd: list[str], **kw: object) -> str:
 
 
 def _venv(path: Path, base_python: str) -> Path:
+    """A venv on base_python without pip or setuptools; rebuilt when it was made from another interpreter."""
     python = path / "bin" / "python"
+    stamp = path / ".base-python"
+    if python.exists() and (not stamp.exists() or stamp.read_text() != _describe(base_python)):
+        shutil.rmtree(path)
     if not python.exists():
-        _run([base_python, "-m", "venv", str(path)])
+        _run([base_python, "-m", "venv", "--without-pip", str(path)])
+        stamp.write_text(_describe(base_python))
     return python
+
+
+def _describe(python: str) -> str:
+    return f"{python} {_run([python, '-c', 'import sys; print(sys.version)']).strip()}"
+
+
+def _pip(target: Path, *args: str) -> None:
+    """The running interpreter's pip, installing into the venv of `target` (pip >= 22.3)."""
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    _run([sys.executable, "-m", "pip", "--python", str(target), "install", "-q", *args], env=env)
+
+
+def remove_shims(venv: Path) -> None:
+    """No agent runs with setuptools' distutils shim: an image has none (see the module docstring)."""
+    for shim in venv.glob(f"lib/python*/site-packages/{SHIM}"):
+        shim.unlink()
+
+
+def installed(python: Path) -> dict[str, str]:
+    """Every distribution in the venv of `python`, name → version."""
+    return dict(sorted(json.loads(_run([str(python), "-c",
+                                        "import json, importlib.metadata as m; print(json.dumps("
+                                        "{d.metadata['Name']: d.version for d in m.distributions()}))"])).items()))
 
 
 def fetch_deb(package: str, cache: Path) -> tuple[Path, str]:
@@ -86,9 +123,9 @@ def azprov_venv(cache: Path, base_python: str) -> Path:
     stamp = venv / ".azprov-digest"
     digest = _source_digest()
     if not stamp.exists() or stamp.read_text() != digest:
-        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        _run([str(python), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(REPO)], env=env)
-        _run([str(python), "-m", "pip", "install", "-q", str(REPO)], env=env)  # the dependencies, once
+        _pip(python, "--force-reinstall", "--no-deps", str(REPO))
+        _pip(python, str(REPO))  # the dependencies, once
+        remove_shims(venv)
         _run([str(python), "-m", "compileall", "-q", str(venv / "lib")])
         stamp.write_text(digest)
     return python
@@ -100,14 +137,21 @@ def peers_venv(cache: Path, base_python: str) -> Path:
     stamp = venv / ".requirements"
     wanted = " ".join(PEER_REQUIREMENTS)
     if not stamp.exists() or stamp.read_text() != wanted:
-        _run([str(python), "-m", "pip", "install", "-q", *PEER_REQUIREMENTS],
-             env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        _pip(python, *PEER_REQUIREMENTS)
+        remove_shims(venv)
+        _run([str(python), "-m", "compileall", "-q", str(venv / "lib")])
         stamp.write_text(wanted)
     return python
 
 
-def _base_python() -> str:
-    """The interpreter behind this venv, so every environment runs the same Python build."""
+def bench_python() -> str:
+    """The interpreter an image runs: BENCH_PYTHON, else /usr/bin/python3 where it exists, else the one behind
+    the running venv."""
+    chosen = os.environ.get("BENCH_PYTHON")
+    if chosen:
+        return chosen
+    if Path("/usr/bin/python3").exists():
+        return "/usr/bin/python3"
     return getattr(sys, "_base_executable", None) or sys.executable
 
 
@@ -119,17 +163,17 @@ def current(python: Path) -> Environments:
 
 def prepare(cache: Path, with_peers: bool = True) -> Environments:
     cache.mkdir(parents=True, exist_ok=True)
-    base = _base_python()
+    base = bench_python()
     azprov_python = azprov_venv(cache, base)
-    versions = {"python": sys.version.split()[0]}
-    versions.update(json.loads(_run([str(azprov_python), "-c",
-                                     "import json, importlib.metadata as m; print(json.dumps({d: m.version(d) "
-                                     "for d in ('azprov', 'requests', 'lxml', 'transitions', 'urllib3')}))"])))
+    ours = installed(azprov_python)
+    versions = {"python": f"{base} ({_run([base, '-c', 'import platform; print(platform.python_version())']).strip()})"}
+    versions.update({d: ours[d] for d in ("azprov", "requests", "lxml", "transitions", "urllib3") if d in ours})
     peers_python = cloudinit = waagent = Path("/nonexistent")
     if with_peers:
         peers_python = peers_venv(cache, base)
         cloudinit, versions["cloud-init (Debian)"] = fetch_deb("cloud-init", cache)
         waagent, versions["waagent (Debian)"] = fetch_deb("waagent", cache)
+        versions["peers-venv"] = ", ".join(f"{k} {v}" for k, v in installed(peers_python).items())
         for tree in (cloudinit, waagent):  # compile once, as dpkg's postinst would: no first-run penalty
             subprocess.run([str(peers_python), "-m", "compileall", "-q", str(tree)], check=False,
                            capture_output=True)
