@@ -27,8 +27,7 @@ SYSTEM_DIR = Path(os.environ.get("AZPROV_CONFIG_DIR", "/etc/azprov"))
 
 
 # Sections are NamedTuples rather than dataclasses: as typed and immutable, but defined without generating
-# and compiling methods, which for the ~20 record types on the boot path was ~14 ms of every first boot
-# (bench/RESULTS.md, P2). The same holds for the other records imported on that path.
+# and compiling methods at import, which every boot would pay for. The same holds for the other records.
 class FabricConfig(NamedTuple):
     wireserver_url: str = "http://168.63.129.16"
     imds_url: str = "http://169.254.169.254"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple
 
-from statemachine.errors import MetadataError
+from statemachine.errors import MetadataError, UnreadableMetadataError
 
 MAX_DOCUMENT = 4 << 20
 
@@ -78,9 +78,7 @@ def parse_instance(body: bytes) -> Instance:
     try:
         doc = json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        error = MetadataError("instance metadata is not valid JSON", error=str(e)[:200])
-        error.retryable = True  # truncated or an error page: IMDS may answer properly next time
-        raise error from e
+        raise UnreadableMetadataError("instance metadata is not valid JSON", error=str(e)[:200]) from e
     if not isinstance(doc, dict):
         raise MetadataError("instance metadata is not a JSON object", got=type(doc).__name__)
     compute = _obj(doc, "compute", "")

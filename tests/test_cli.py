@@ -8,14 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, Env
 from fakefabric import FakeFabric
-from hypothesis import given
-from hypothesis import strategies as st
 from scenarios import wait_for
 
 
@@ -253,38 +250,6 @@ def test_the_ready_uses_the_goal_state_just_fetched_and_a_410_fetches_anew(vm: E
         other.stop()
 
 
-# ---- the unit's own command line skips argparse; it must mean exactly what argparse would make of it -------
-
-TOKENS = ["--config", "--config=", "--config=a.toml", "a.toml", "-x", "--status", "--conf", "", "--json", "-"]
-
-
-# Mixed tokens (mostly not plain), and the two plain shapes with any file name (argparse must agree on each).
-ARGVS = (st.lists(st.sampled_from(TOKENS) | st.text(max_size=6), max_size=3)
-         | st.text(max_size=12).map(lambda name: ["--config", name])
-         | st.text(max_size=12).map(lambda name: [f"--config={name}"]))
-
-
-@given(ARGVS)
-def test_the_plain_command_line_agrees_with_argparse(argv: list[str]) -> None:
-    from statemachine import arguments, fastpath
-
-    plain, config = fastpath.config_argument(argv)
-    if not plain:
-        assert config is None
-        return
-    parsed = arguments.parse(argv)  # a plain command line is never a usage error
-    assert parsed.config == (Path(config) if config is not None else None)
-    assert not (parsed.status or parsed.json or parsed.wait or parsed.dry_run or parsed.logs or parsed.machine_id
-                or parsed.kvp) and parsed.command is None
-
-
-@pytest.mark.parametrize("argv", [[], ["--config", "/etc/x.toml"], ["--config=/etc/x.toml"]])
-def test_the_units_command_lines_are_plain(argv: list[str]) -> None:
-    from statemachine import fastpath
-
-    assert fastpath.config_argument(argv)[0]
-
-
 def test_the_console_script_exits_without_teardown_yet_loses_no_output(vm: Env, fabric: FakeFabric) -> None:
     """statemachine.launch leaves by os._exit after flushing: the log lines, the exit code and the record
     must all be there, for a run, a later boot, a usage error and --status (each piped, so buffered)."""
@@ -297,6 +262,6 @@ def test_the_console_script_exits_without_teardown_yet_loses_no_output(vm: Env, 
     assert len(fabric.ready_reports()) == 1
     status = launch("--config", str(vm.config_path), "--status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "done", status
-    assert launch("--config", str(vm.config_path)).returncode == 0  # the later-boot fast path
+    assert launch("--config", str(vm.config_path)).returncode == 0  # a later boot
     usage = launch("--config", str(vm.config_path), "--wait")
     assert usage.returncode == 64 and "usage:" in usage.stderr, usage
