@@ -59,14 +59,13 @@ def _how_started(record: Record) -> str:
 
 class Runner:
     def __init__(self, ctx: Context, steps: Mapping[Phase, Step], store: Store,
-                 report_failure: FailureReporter, max_boot_attempts: int | None = None) -> None:
+                 report_failure: FailureReporter) -> None:
         self.ctx = ctx
         self.steps = steps
         self.store = store
         self.report_failure = report_failure
-        self.max_boot_attempts = max_boot_attempts or ctx.config.agent.max_boot_attempts
         self.record = Record()
-        self.agent = Agent(max_boot_attempts=self.max_boot_attempts)
+        self.agent = Agent(max_boot_attempts=ctx.config.agent.max_boot_attempts)
         self.machine: Any = None
         self._event = "start"
         self._phase_started: dict[Phase, float] = {}

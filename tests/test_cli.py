@@ -70,6 +70,7 @@ def test_new_vm_from_the_image_provisions_afresh(vm: Env, fabric: FakeFabric) ->
     assert prev["vm_id"] == first_id
 
 
+@pytest.mark.slow  # covered in-process by tests/test_runner.py
 def test_retries_then_ready(vm: Env, fabric: FakeFabric) -> None:
     fabric.set_script("goalstate", [{"status": 500}, {"status": 503, "headers": {"Retry-After": "0.1"}},
                                     {"action": "reset"}])
@@ -103,6 +104,7 @@ def test_wireserver_listening_late(make_vm: Any) -> None:
         fake.stop()
 
 
+@pytest.mark.slow  # the same end-to-end run as test_kvp_e2e's IMDS budget test
 def test_imds_budget_exhausted_reports_failure(vm: Env, fabric: FakeFabric) -> None:
     vm.set("fabric", imds_timeout=1.0)
     fabric.set_script("imds", [{"status": 500}] * 100)
@@ -120,6 +122,7 @@ def test_imds_budget_exhausted_reports_failure(vm: Env, fabric: FakeFabric) -> N
     assert vm.run("--status").returncode == 1
 
 
+@pytest.mark.slow  # covered in-process by tests/test_runner.py and tests/test_lifecycle_stateful.py
 def test_failed_vm_retries_on_next_boot_then_gives_up(vm: Env, fabric: FakeFabric) -> None:
     vm.set("fabric", imds_timeout=0.5).set("agent", max_boot_attempts=2)
     fabric.set_script("imds", [{"status": 500}] * 1000)
@@ -183,8 +186,11 @@ def test_journal_priority_prefix_only_under_systemd(vm: Env) -> None:
     assert all(line.startswith("<6>") for line in journal.stdout.splitlines())
 
 
-@pytest.mark.parametrize("route, state", [(None, "network_wait"), ("goalstate", "goalstate"),
-                                          ("health", "reporting"), ("imds", "configuring")])
+# One state in the quick suite; the stateful test covers resuming from every phase in-process.
+@pytest.mark.parametrize("route, state", [pytest.param(None, "network_wait", marks=pytest.mark.slow),
+                                          pytest.param("goalstate", "goalstate", marks=pytest.mark.slow),
+                                          ("health", "reporting"),
+                                          pytest.param("imds", "configuring", marks=pytest.mark.slow)])
 def test_sigkill_in_each_state_then_resume(make_vm: Any, route: str | None, state: str) -> None:
     fake = FakeFabric()
     if route is None:
