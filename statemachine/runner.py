@@ -25,7 +25,7 @@ from statemachine.machine import FAILURE_REPORT_BUDGET, PHASES, Agent, Phase, bu
 from statemachine.persistence import Record
 from statemachine.report import failure_report
 from statemachine.resume import plan_start, with_transition
-from statemachine.store import Store
+from statemachine.store import Store, load, prepare_state_dir
 from statemachine.timeutil import utc_now
 
 log = logging.getLogger("azprov")
@@ -224,7 +224,7 @@ def run(ctx: Context, steps: Mapping[Phase, Step] | None = None,
     state_file = cfg.state_dir / persistence.STATE_FILE
     lock = RunLock(state_file.parent / persistence.LOCK_FILE)
     try:
-        durable = _prepare_state_dir(state_file.parent)
+        durable = prepare_state_dir(state_file.parent)
         if durable:
             lock.acquire(timeout=cfg.total_budget(), on_wait=lambda pid: log.info(
                 "another run holds the lock; waiting", extra=fields(pid=pid)))
@@ -233,44 +233,14 @@ def run(ctx: Context, steps: Mapping[Phase, Step] | None = None,
         lock.release()
 
 
-def _prepare_state_dir(state_dir: Path) -> bool:
-    """A state directory we cannot create or trust must not cost the Ready: provision without a record
-    (the next boot starts over, and every step is idempotent) and say so loudly."""
-    try:
-        persistence.ensure_state_dir(state_dir)
-    except StateFileError as e:
-        log.error("state directory is unusable; provisioning without a record (the next boot starts over)",
-                  extra=fields(reason=str(e)))
-        return False
-    return True
-
-
-def load(state_file: Path) -> Record | None:
-    """The record, or None; a broken one is moved aside (the evidence survives) and provisioning starts fresh."""
-    stale = persistence.remove_stale_temps(state_file)
-    if stale:
-        log.info("removed temp files of an interrupted save", extra=fields(files=stale))
-    try:
-        return persistence.load(state_file)
-    except StateFileError as e:
-        try:
-            moved = persistence.quarantine(state_file)
-        except StateFileError as not_moved:  # read-only: the save that follows will fail and say so too
-            moved = None
-            log.error("broken state record cannot be moved aside", extra=fields(reason=str(not_moved)))
-        log.error("state record is broken; moved aside, provisioning starts fresh",
-                  extra=fields(reason=str(e), moved_to=str(moved)))
-        return None
-
-
 def _run_locked(ctx: Context, state_file: Path, durable: bool, steps: Mapping[Phase, Step] | None,
                 report_failure: FailureReporter | None) -> Phase:
     from statemachine.identity import read_vm_id
 
     cfg = ctx.config
     vm_id = read_vm_id(Path(cfg.identity.product_uuid_path), Path(cfg.identity.efi_path))
-    record = load(state_file) if durable else None
-    action, record = plan_start(record, vm_id, cfg.agent.max_boot_attempts, utc_now())
+    action, record = plan_start(load(state_file) if durable else None, vm_id, cfg.agent.max_boot_attempts,
+                                utc_now())
     if action == "done":
         log.info("already provisioned on this VM; nothing to do", extra=fields(vm_id=record.vm_id))
         return Phase.DONE
@@ -278,18 +248,7 @@ def _run_locked(ctx: Context, state_file: Path, durable: bool, steps: Mapping[Ph
         log.error("provisioning failed on every attempt; not trying again",
                   extra=fields(boot_attempts=record.boot_attempts, last_error=(record.last_error or {}).get("reason")))
         return Phase.FAILED
-    if action == "new_vm":
-        try:
-            persistence.set_aside(state_file, "prev")
-        except StateFileError as e:  # the old record is overwritten by the first save, if that works
-            log.error("previous VM's record cannot be kept aside", extra=fields(reason=str(e)))
-        log.info("record belongs to another VM (a new VM from this image); provisioning afresh",
-                 extra=fields(vm_id=vm_id))
-    if vm_id is None:
-        log.warning("no SMBIOS product_uuid; the VM id will come from IMDS compute.vmId",
-                    extra=fields(path=cfg.identity.product_uuid_path))
-    starts_at = Phase.NETWORK_WAIT if action == "retry_failed" else record.state
-    log.info("starting", extra=fields(action=action, state=starts_at.value, vm_id=vm_id))
+    _announce(ctx, state_file, action, record, vm_id)
     from states import network_wait  # the runner's first need: start requests and lxml loading now
 
     network_wait.warm_imports()  # they load while the first save waits on the disk
@@ -303,3 +262,19 @@ def _run_locked(ctx: Context, state_file: Path, durable: bool, steps: Mapping[Ph
     else:
         log.error("provisioning failed", extra=fields(state="failed", reason=(final.last_error or {}).get("reason")))
     return final.state
+
+
+def _announce(ctx: Context, state_file: Path, action: str, record: Record, vm_id: str | None) -> None:
+    """Keep a previous VM's record aside, and log the `starting` line boot timings are read from."""
+    if action == "new_vm":
+        try:
+            persistence.set_aside(state_file, "prev")
+        except StateFileError as e:  # the old record is overwritten by the first save, if that works
+            log.error("previous VM's record cannot be kept aside", extra=fields(reason=str(e)))
+        log.info("record belongs to another VM (a new VM from this image); provisioning afresh",
+                 extra=fields(vm_id=vm_id))
+    if vm_id is None:
+        log.warning("no SMBIOS product_uuid; the VM id will come from IMDS compute.vmId",
+                    extra=fields(path=ctx.config.identity.product_uuid_path))
+    starts_at = Phase.NETWORK_WAIT if action == "retry_failed" else record.state
+    log.info("starting", extra=fields(action=action, state=starts_at.value, vm_id=vm_id))

@@ -181,3 +181,56 @@ def test_plan_start_never_touches_a_terminal_record_and_counts_only_working_runs
         assert planned == fresh_record(vm_id, NOW)
     else:
         assert planned.runs == 3
+
+
+# ---- reporting: the goal state a retried POST uses -----------------------------------------------------------
+
+GOAL_STATE = (b"<GoalState><Incarnation>{inc}</Incarnation><Container><ContainerId>c</ContainerId>"
+              b"<RoleInstanceList><RoleInstance><InstanceId>i</InstanceId></RoleInstance></RoleInstanceList>"
+              b"</Container></GoalState>")
+
+
+class FakeWire:
+    def __init__(self, answers: list[Exception | None]) -> None:
+        self.answers, self.gets, self.posts = list(answers), 0, 0
+
+    def get_goal_state(self) -> bytes:
+        self.gets += 1
+        return GOAL_STATE.replace(b"{inc}", str(self.gets).encode())
+
+    def post_health(self, body: bytes) -> None:
+        self.posts += 1
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+
+    def post_provisioning_health(self, body: bytes) -> None:  # pragma: no cover - not this protocol
+        raise AssertionError
+
+
+def post_with_retries(wire: FakeWire) -> str:
+    from statemachine import retry
+    from statemachine.runner import within_budget
+    from states import reporting
+
+    now = [0.0]
+    ctx = Context(Config(), clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s), wireserver=wire)
+    gs = within_budget(ctx, 60.0, retry.WIRESERVER, lambda: reporting.post(ctx, "Ready"))
+    assert gs is not None
+    return gs.incarnation
+
+
+def test_a_post_retried_under_throttling_reuses_the_goal_state() -> None:
+    from statemachine.errors import FabricError
+
+    wire = FakeWire([FabricError("busy", retryable=True, status=503, retry_after=1.0)] * 2)
+    assert post_with_retries(wire) == "1"
+    assert (wire.gets, wire.posts) == (1, 3)
+
+
+def test_a_410_always_fetches_the_goal_state_again() -> None:
+    from statemachine.errors import GoneError
+
+    wire = FakeWire([GoneError("stale"), GoneError("stale")])
+    assert post_with_retries(wire) == "3"
+    assert (wire.gets, wire.posts) == (3, 3)
