@@ -75,7 +75,7 @@ def with_retry_after(retry_after: float, attempt: int, rand: Callable[[], float]
 
 
 WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)  # 5xx three times: Ready within ~1 s
-IMDS = RetryPolicy(initial=0.2, multiplier=2.0, cap=5.0, full_jitter=True, floor=0.1)
+IMDS = RetryPolicy(initial=0.2, multiplier=1.5, cap=5.0, full_jitter=True, floor=0.1)  # 4 errors: <= 1.7 s
 NO_ROUTE = RetryPolicy(initial=0.002, multiplier=1.5, cap=0.005)  # ~50 us of CPU a probe: ~1% of a core
 CONNECT = RetryPolicy(initial=0.01, multiplier=1.5, cap=1.0, full_jitter=True)  # ~2 connects/s once capped
 # An error's `pace` names its policy here; an empty pace means the phase's own policy.
