@@ -251,10 +251,6 @@ def parse_text(text: str, source: str) -> dict[str, Any]:
         raise ConfigError("configuration file is not valid TOML", file=source, error=str(e)) from e
 
 
-def parse_file(path: Path) -> dict[str, Any]:
-    return parse_text(read_text(path), str(path))
-
-
 def system_layers(system_dir: Path = SYSTEM_DIR) -> list[Path]:
     """The files that exist among /etc/azprov/azprov.toml and /etc/azprov/azprov.toml.d/*.toml."""
     main = system_dir / "azprov.toml"
@@ -266,28 +262,16 @@ def system_layers(system_dir: Path = SYSTEM_DIR) -> list[Path]:
 
 
 def load(paths: Iterable[Path]) -> Config:
+    """The defaults with each file applied in turn."""
     config = Config()
     for path in paths:
-        config = merge(config, parse_file(path), str(path))
-    return config
-
-
-def read_layers(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> list[tuple[Path, str]]:
-    """Each layer's path and text, in order: system file < drop-ins < `--config`."""
-    paths = system_layers(system_dir)
-    if explicit is not None:
-        paths.append(explicit)
-    return [(path, read_text(path)) for path in paths]
-
-
-def load_texts(layers: Iterable[tuple[Path, str]]) -> Config:
-    """The defaults with each layer's text applied in turn. Pure: the texts are read by `read_layers`."""
-    config = Config()
-    for path, text in layers:
-        config = merge(config, parse_text(text, str(path)), str(path))
+        config = merge(config, parse_text(read_text(path), str(path)), str(path))
     return config
 
 
 def load_layers(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> Config:
     """Defaults < system file < drop-ins < `--config`."""
-    return load_texts(read_layers(explicit, system_dir))
+    paths = system_layers(system_dir)
+    if explicit is not None:
+        paths.append(explicit)
+    return load(paths)
