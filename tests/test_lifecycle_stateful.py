@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import hypothesis
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -67,6 +68,11 @@ class Boots(RuleBasedStateMachine):
         self.outcomes: list[str] = []
         self.armed: tuple[str, int] | None = None
         self.hits: dict[str, int] = {}
+        self.in_hypothesis = True  # hypothesis.event works only inside a Hypothesis test
+
+    def event(self, text: str) -> None:
+        if self.in_hypothesis:
+            hypothesis.event(text)
 
     def teardown(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -76,14 +82,14 @@ class Boots(RuleBasedStateMachine):
     def failpoint(self, name: str) -> None:
         self.hits[name] = self.hits.get(name, 0) + 1
         if self.armed is not None and self.armed == (name, self.hits[name]):
-            hypothesis.event(f"power cut at {name}")
+            self.event(f"power cut at {name}")
             raise PowerCut(name)
 
     def step(self, phase: Phase) -> runner.Step:
         def work(ctx: Context, record: Record) -> Outcome:
             outcome = self.outcomes.pop(0) if self.outcomes else "ok"
             if outcome == "retry":
-                hypothesis.event("retry path")
+                self.event("retry path")
                 raise FabricError("busy", retryable=True)
             if outcome == "fatal":
                 raise AgentError("rejected")
@@ -125,7 +131,7 @@ class Boots(RuleBasedStateMachine):
         if ended is not None:
             assert after is None or after.state is ended or ended is Phase.DONE and after.state is Phase.DONE
             if armed is not None:
-                hypothesis.event("failpoint armed but not reached")
+                self.event("failpoint armed but not reached")
         self.check_terminal(before, after)
 
     @rule()
@@ -175,3 +181,18 @@ def test_every_failpoint_is_listed() -> None:
         names.add(name.split(".")[0])
     assert names >= {"persist", "reporting", "fail", *(p.value for p in ACTIVE)}
 
+
+
+@pytest.mark.parametrize("point", FAILPOINTS)
+def test_a_power_cut_at_each_failpoint_is_survived(point: str) -> None:
+    """Every failpoint, deterministically: the cut happens there, and the next boot ends DONE."""
+    boots = Boots()
+    boots.in_hypothesis = False
+    try:
+        outcomes = ["ok", "fatal"] if point.startswith("fail.") else []  # fail.*: GOALSTATE fails
+        assert boots.boot(outcomes, (point, 1)) is None, f"{point} was not reached"
+        assert boots.boot([], None) is Phase.DONE
+        record = boots.on_disk()
+        assert record is not None and record.state is Phase.DONE
+    finally:
+        boots.teardown()
