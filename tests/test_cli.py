@@ -140,6 +140,7 @@ def test_failed_vm_retries_on_next_boot_then_gives_up(vm: Env, fabric: FakeFabri
     assert status_json(vm)["state"] == "done"
 
 
+@pytest.mark.slow  # test_hostile's invalid-hostname runs cover this path in the quick suite
 def test_no_valid_hostname_is_done_with_recoverable_error(vm: Env, fabric: FakeFabric) -> None:
     fabric.computer_name = "bad_name;reboot"
     out = vm.run()
@@ -219,6 +220,7 @@ def test_sigkill_in_each_state_then_resume(make_vm: Any, route: str | None, stat
         fake.stop()
 
 
+@pytest.mark.slow  # test_reliability's SIGTERM case runs the same path in the quick suite
 def test_sigterm_persists_and_exits_promptly(vm: Env, fabric: FakeFabric) -> None:
     fabric.set_script("imds", [{"action": "hang", "delay": 60}])
     vm.set("fabric", request_timeout=30.0)
@@ -235,6 +237,7 @@ def test_sigterm_persists_and_exits_promptly(vm: Env, fabric: FakeFabric) -> Non
     assert vm.run().returncode == 0
 
 
+@pytest.mark.slow  # covered in-process by tests/test_runner.py
 def test_a_bug_in_a_step_still_tells_the_platform(vm: Env, fabric: FakeFabric) -> None:
     out = vm.run(env={"AZPROV_FAILPOINT": "configuring.before_work:raise"})
     assert out.returncode == 1
