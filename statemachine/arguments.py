@@ -1,4 +1,4 @@
-"""The command line: argparse for every use but the unit's own (see `fastpath.config_argument`)."""
+"""The command line, parsed once by argparse for every use, the unit's own included."""
 
 from __future__ import annotations
 

@@ -1,16 +1,18 @@
-"""`azprov`: the composition root. Parses arguments, loads config, wires the steps to the runner, and is
-the only place where errors become exit codes.
+"""`azprov`: the composition root. Parses the arguments, loads the config, hands the run to the runner
+(or shows the status, plans a dry run, cleans), and is the one place where outcomes become exit codes.
 
-Exit codes of a run: 0 DONE, 1 FAILED, 78 configuration error, 75 lock not obtained, 64 usage error,
-143/130 terminated by SIGTERM/SIGINT. `--status`: 0 ok, 1 failed, 2 done with recoverable errors,
-3 interrupted, 77 permission denied, 124 `--wait --timeout` expired (statemachine/status.py). `--dry-run`:
-0 every step can plan, 2 only recoverable problems, 1 a step would fail (or the fabric cannot be read).
-`clean`: 0 cleaned, 75 a run holds the lock. The DONE fast path (a provisioned VM's later boots) reads the
-record and exits without importing transitions, requests or lxml.
+Exit codes of a run: 0 DONE (also: already provisioned), 1 FAILED, 78 configuration error, 75 lock not
+obtained, 64 usage error, 143/130 terminated by SIGTERM/SIGINT. `--status`: 0 ok, 1 failed, 2 done with
+recoverable errors, 3 interrupted, 77 permission denied, 124 `--wait --timeout` expired
+(statemachine/status.py). `--dry-run`: 0 every step can plan, 2 only recoverable problems, 1 a step would
+fail (or the fabric cannot be read). `clean`: 0 cleaned, 75 a run holds the lock.
+Heavy modules (transitions, requests, lxml) are imported only once a run has work to do, so a provisioned
+VM's later boots pass through here at the cost of config, logging and argparse only.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import logging
@@ -20,74 +22,45 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import Any
 
-from statemachine import config, fastpath, persistence
+from statemachine import config, persistence
 from statemachine import log as logsetup
-from statemachine.errors import AgentError, ConfigError, StateFileError, Terminated
+from statemachine.errors import EX_CONFIG, EX_TEMPFAIL, AgentError, ConfigError, LockError, StateFileError, Terminated
 from statemachine.log import fields
-
-if TYPE_CHECKING:  # argparse stays unimported on the unit's own command line
-    import argparse
 
 log = logging.getLogger("azprov")
 
+# Errors that are not a failed provisioning but a problem the operator must fix or a run to wait for.
+EXIT_CODES: dict[type[AgentError], int] = {ConfigError: EX_CONFIG, LockError: EX_TEMPFAIL}
+
+
+def exit_code(error: AgentError) -> int:
+    return next((code for cls, code in EXIT_CODES.items() if isinstance(error, cls)), 1)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    plain, value = fastpath.config_argument(argv)
-    explicit = Path(value) if value is not None else None
-    if plain:  # the unit's own command line: no argparse (~3 ms of every first boot)
-        args = None
-    else:
-        from statemachine import arguments
+    from statemachine import arguments
 
-        args = arguments.parse(argv)
-        explicit = args.config
+    args = arguments.parse(list(sys.argv[1:] if argv is None else argv))
     try:
-        layers = config.read_layers(explicit)
-        cfg = config.load_texts(layers)
+        cfg = config.load_layers(args.config)
     except ConfigError as e:
         print(f"azprov: {e}", file=sys.stderr)
-        if args is not None and args.status:  # status still finds the record, with what is valid
-            cfg, problems = config.load_valid(explicit)
+        if args.status:  # status still finds the record, with what is valid
+            cfg, problems = config.load_valid(args.config)
             return status(cfg, args, problems[0] if problems else e)
-        return e.exit_code
+        return exit_code(e)
     logsetup.setup(cfg.log.level)
-    state_file = cfg.state_dir / persistence.STATE_FILE
-    if args is not None and args.status:
+    if args.status:
         return status(cfg, args)
-    if args is not None and args.dry_run:
+    if args.dry_run:
         return dry_run(cfg, args.json)
-    if args is not None and args.command == "clean":
+    if args.command == "clean":
         return clean(cfg, args.logs, args.machine_id)
-    if args is not None and args.command == "kvp":
+    if args.command == "kvp":
         return kvp(cfg, args.json)
-    code = run(cfg, state_file)
-    if code == 0 and plain:  # only the unit's own command line can take the fast path on the next boot
-        remember_done(cfg, layers, value, state_file)
-    return code
-
-
-def remember_done(cfg: config.Config, layers: list[tuple[Path, str]], given: str | None, state_file: Path) -> None:
-    """Stamp a DONE record for the next boot's fast path (statemachine/fastpath.py), with the config texts
-    this run validated (not a second read, which could see an edit made during the run). The `--config`
-    layer is named as `given` on the command line, as the fast path will name it (Path() would normalise
-    `dir//x` or `./x` into a string the next boot never compares equal)."""
-    from statemachine.phase import Phase
-
-    try:
-        record = persistence.load(state_file)
-    except StateFileError:
-        return
-    if record is None or record.state is not Phase.DONE or record.vm_id is None:
-        return
-    names = [str(path) for path, _ in layers]
-    if given is not None:
-        names[-1] = given
-    fastpath.remember([[name, text] for name, (_, text) in zip(names, layers)], str(state_file.parent),
-                      cfg.identity.product_uuid_path, cfg.identity.efi_path,
-                      record.vm_id, cfg.log.level)
+    return run(cfg)
 
 
 def dry_run(cfg: config.Config, as_json: bool) -> int:
@@ -100,15 +73,23 @@ def dry_run(cfg: config.Config, as_json: bool) -> int:
             if isinstance(handler, logging.StreamHandler):
                 handler.setStream(sys.stderr)
     try:
-        result = dryrun.plan(Context(cfg))
+        result = dryrun.plan(Context(cfg, sleep=sleep))
     except AgentError as e:
         if as_json:
             print(json.dumps({"dry_run": True, "error": e.as_dict()}, indent=2))
         else:
             print(f"azprov: dry run failed: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     print(json.dumps(result, indent=2, sort_keys=True) if as_json else dryrun.render(result))
-    return dryrun.exit_code(result)
+    return dry_run_code(result)
+
+
+def dry_run_code(result: dict[str, Any]) -> int:
+    """0: every step could plan; 2: only recoverable errors; 1: a step would fail."""
+    errors = [s for s in result["steps"] if s["action"] == "error"]
+    if any(not s["recoverable"] for s in errors):
+        return 1
+    return 2 if errors else 0
 
 
 def clean(cfg: config.Config, logs: bool, machine_id: bool) -> int:
@@ -118,7 +99,7 @@ def clean(cfg: config.Config, logs: bool, machine_id: bool) -> int:
         removed = cleaning.clean(cfg, logs=logs, machine_id=machine_id)
     except AgentError as e:
         print(f"azprov: clean: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     for path in removed:
         print(path if path.startswith("created ") else f"removed {path}")
     if not removed:
@@ -167,105 +148,22 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
-def run(cfg: config.Config, state_file: Path) -> int:
-    from statemachine.lock import RunLock
+def run(cfg: config.Config) -> int:
+    from statemachine import runner
+    from statemachine.context import Context
+    from statemachine.phase import Phase
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    lock = RunLock(state_file.parent / persistence.LOCK_FILE)
     try:
-        durable = _prepare_state_dir(state_file.parent)
-        if durable:
-            lock.acquire(timeout=cfg.total_budget(), on_wait=lambda pid: log.info(
-                "another run holds the lock; waiting", extra=fields(pid=pid)))
-        return _run_locked(cfg, state_file, durable)
+        return 0 if runner.run(Context(cfg, sleep=sleep)) is Phase.DONE else 1
     except Terminated as t:
         if not t.logged:  # before the runner started: waiting on the lock, reading the record
             log.warning("terminated before provisioning started; nothing to resume", extra=fields(signal=t.signum))
         return 128 + t.signum
     except AgentError as e:
         log.error(e.reason, extra={"fields": e.supporting_data})
-        return e.exit_code
-    finally:
-        lock.release()
-
-
-def _prepare_state_dir(state_dir: Path) -> bool:
-    """A state directory we cannot create or trust must not cost the Ready: provision without a record
-    (the next boot starts over, and every step is idempotent) and say so loudly."""
-    try:
-        persistence.ensure_state_dir(state_dir)
-    except StateFileError as e:
-        log.error("state directory is unusable; provisioning without a record (the next boot starts over)",
-                  extra=fields(reason=str(e)))
-        return False
-    return True
-
-
-def _load(state_file: Path) -> persistence.Record | None:
-    stale = persistence.remove_stale_temps(state_file)
-    if stale:
-        log.info("removed temp files of an interrupted save", extra=fields(files=stale))
-    try:
-        return persistence.load(state_file)
-    except StateFileError as e:
-        try:
-            moved = persistence.quarantine(state_file)
-        except StateFileError as not_moved:  # read-only: the save that follows will fail and say so too
-            moved = None
-            log.error("broken state record cannot be moved aside", extra=fields(reason=str(not_moved)))
-        log.error("state record is broken; moved aside, provisioning starts fresh",
-                  extra=fields(reason=str(e), moved_to=str(moved)))
-        return None
-
-
-def _run_locked(cfg: config.Config, state_file: Path, durable: bool = True) -> int:
-    from statemachine.identity import read_vm_id
-    from statemachine.timeutil import utc_now
-
-    vm_id = read_vm_id(Path(cfg.identity.product_uuid_path), Path(cfg.identity.efi_path))
-    record = _load(state_file) if durable else None
-    from statemachine.resume import plan_start
-
-    action, record = plan_start(record, vm_id, cfg.agent.max_boot_attempts, utc_now())
-    if action == "done":
-        log.info("already provisioned on this VM; nothing to do", extra=fields(vm_id=record.vm_id))
-        return 0
-    if action == "give_up":
-        log.error("provisioning failed on every attempt; not trying again",
-                  extra=fields(boot_attempts=record.boot_attempts, last_error=(record.last_error or {}).get("reason")))
-        return 1
-    if action == "new_vm":
-        try:
-            persistence.set_aside(state_file, "prev")
-        except StateFileError as e:  # the old record is overwritten by the first save, if that works
-            log.error("previous VM's record cannot be kept aside", extra=fields(reason=str(e)))
-        log.info("record belongs to another VM (a new VM from this image); provisioning afresh",
-                 extra=fields(vm_id=vm_id))
-    if vm_id is None:
-        log.warning("no SMBIOS product_uuid; the VM id will come from IMDS compute.vmId",
-                    extra=fields(path=cfg.identity.product_uuid_path))
-    log.info("starting", extra=fields(action=action, state=record.state.value, vm_id=vm_id))
-    return _drive(cfg, state_file, record, durable)
-
-
-def _drive(cfg: config.Config, state_file: Path, record: persistence.Record, durable: bool = True) -> int:
-    from statemachine.context import Context
-    from statemachine.phase import Phase
-    from statemachine.runner import Runner, Store
-    from states import configuring, goalstate, network_wait, reporting
-
-    steps = {Phase.NETWORK_WAIT: network_wait.step, Phase.GOALSTATE: goalstate.step,
-             Phase.REPORTING: reporting.step, Phase.CONFIGURING: configuring.step}
-    network_wait.warm_imports()  # requests and lxml load while the first save waits on the disk
-    store = Store(state_file, enabled=durable)
-    store.save(record)
-    final = Runner(Context(cfg, sleep=sleep), steps, store, reporting.report_failure).drive(record)
-    if final.state is Phase.DONE:
-        log.info("provisioning finished", extra=fields(state="done", recoverable_errors=len(final.recoverable_errors)))
-        return 0
-    log.error("provisioning failed", extra=fields(state="failed", reason=(final.last_error or {}).get("reason")))
-    return 1
+        return exit_code(e)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,7 @@ SYSTEM_DIR = Path(os.environ.get("AZPROV_CONFIG_DIR", "/etc/azprov"))
 
 
 # Sections are NamedTuples rather than dataclasses: as typed and immutable, but defined without generating
-# and compiling methods, which for the ~20 record types on the boot path was ~14 ms of every first boot
-# (bench/RESULTS.md, P2). The same holds for the other records imported on that path.
+# and compiling methods at import, which every boot would pay for. The same holds for the other records.
 class FabricConfig(NamedTuple):
     wireserver_url: str = "http://168.63.129.16"
     imds_url: str = "http://169.254.169.254"
@@ -252,10 +251,6 @@ def parse_text(text: str, source: str) -> dict[str, Any]:
         raise ConfigError("configuration file is not valid TOML", file=source, error=str(e)[:200]) from e
 
 
-def parse_file(path: Path) -> dict[str, Any]:
-    return parse_text(read_text(path), str(path))
-
-
 def system_layers(system_dir: Path = SYSTEM_DIR) -> list[Path]:
     """The files that exist among /etc/azprov/azprov.toml and /etc/azprov/azprov.toml.d/*.toml."""
     main = system_dir / "azprov.toml"
@@ -267,31 +262,19 @@ def system_layers(system_dir: Path = SYSTEM_DIR) -> list[Path]:
 
 
 def load(paths: Iterable[Path]) -> Config:
+    """The defaults with each file applied in turn."""
     config = Config()
     for path in paths:
-        config = merge(config, parse_file(path), str(path))
-    return config
-
-
-def read_layers(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> list[tuple[Path, str]]:
-    """Each layer's path and text, in order: system file < drop-ins < `--config`."""
-    paths = system_layers(system_dir)
-    if explicit is not None:
-        paths.append(explicit)
-    return [(path, read_text(path)) for path in paths]
-
-
-def load_texts(layers: Iterable[tuple[Path, str]]) -> Config:
-    """The defaults with each layer's text applied in turn. Pure: the texts are read by `read_layers`."""
-    config = Config()
-    for path, text in layers:
-        config = merge(config, parse_text(text, str(path)), str(path))
+        config = merge(config, parse_text(read_text(path), str(path)), str(path))
     return config
 
 
 def load_layers(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> Config:
     """Defaults < system file < drop-ins < `--config`."""
-    return load_texts(read_layers(explicit, system_dir))
+    paths = system_layers(system_dir)
+    if explicit is not None:
+        paths.append(explicit)
+    return load(paths)
 
 
 def load_valid(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> tuple[Config, list[ConfigError]]:
@@ -306,7 +289,7 @@ def load_valid(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> tuple[Co
                                     error=e.strerror)]
     for path in paths:
         try:
-            document = parse_file(path)
+            document = parse_text(read_text(path), str(path))
         except ConfigError as e:
             problems.append(e)
             continue

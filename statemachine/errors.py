@@ -3,22 +3,33 @@
 Every failure azprov knows about is an `AgentError` with a constant, grep-able `reason` and a dict of
 `supporting_data`. The pair feeds the log line, the record's `last_error`, the ProvisioningFailed description
 and `azprov --status`, so an operator sees the same words everywhere. Foreign exceptions (requests, lxml,
-OSError) are wrapped where they enter; only `cli.main` maps errors to exit codes.
+OSError) are wrapped where they enter; only `cli` maps errors to exit codes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+# The exit codes that are not "provisioning failed" (1); `cli` maps errors to them.
 EX_USAGE = 64
+EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 
 class AgentError(Exception):
-    """Base of every error azprov raises on purpose."""
+    """Base of every error azprov raises on purpose. How the one retry loop (`retry.until_deadline`) treats
+    it is decided by its type, never changed after it is raised:
+    `retryable`: worth another try within the phase's budget;
+    `pace`: the backoff to use (`retry.PACES`); empty: the phase's own;
+    `at_once`: this many first retries go without a wait;
+    `retry_after`: the server asked for at least this many seconds;
+    `recorded`: a retry is logged and saved in the record (a network probe is not worth either)."""
 
     retryable = False
-    exit_code = 1
+    pace = ""
+    at_once = 0
+    retry_after: float | None = None
+    recorded = True
 
     def __init__(self, reason: str, **supporting_data: Any) -> None:
         super().__init__(reason)
@@ -45,37 +56,63 @@ def _jsonable(value: Any) -> Any:
 class ConfigError(AgentError):
     """The configuration cannot be used: unknown key, wrong type, unreadable or malformed file."""
 
-    exit_code = EX_CONFIG
-
 
 class FabricError(AgentError):
     """The WireServer or IMDS did not give a usable answer (transport failure or HTTP status)."""
 
     def __init__(self, reason: str, *, retryable: bool, retry_after: float | None = None, **data: Any) -> None:
         super().__init__(reason, **data)
-        self.retryable = retryable
+        self.retryable = retryable  # from the status code or transport failure, once, here
         self.retry_after = retry_after
 
 
 class GoneError(FabricError):
-    """HTTP 410 on the health POST: the goal state changed under us; refetch it and post again."""
+    """HTTP 410 on the health POST: the goal state changed under us; refetch it and post again at once
+    (a few times, then at the phase's pace)."""
+
+    at_once = 5
 
     def __init__(self, reason: str, **data: Any) -> None:
         super().__init__(reason, retryable=True, **data)
 
 
+class NoRouteError(AgentError):
+    """A connect to the WireServer failed locally (no route or address yet: DHCP has not finished). Nothing
+    was sent, so polling tightly costs the fabric nothing and Ready follows the lease at once."""
+
+    retryable = True
+    pace = "no_route"
+    recorded = False
+
+
+class NotListeningError(AgentError):
+    """The WireServer refused or did not answer a connect: a round trip to the host each time, so back off."""
+
+    retryable = True
+    pace = "connect"
+    recorded = False
+
+
 class GoalStateError(AgentError):
-    """The WireServer answered with a document we do not understand."""
+    """The WireServer answered with a document we do not understand. Retryable: a truncated answer or an
+    intermediary's error page says nothing lasting about the WireServer, and failing at once would lose the
+    VM to one glitch; the phase's budget decides."""
+
+    retryable = True
 
 
 class IncompleteGoalStateError(GoalStateError):
     """The goal state lacks its RoleInstance: the fabric is still preparing it, so try again."""
 
-    retryable = True
-
 
 class MetadataError(AgentError):
-    """The IMDS document is unusable (not JSON, wrong types, missing fields)."""
+    """The IMDS document is unusable (wrong types, missing fields)."""
+
+
+class UnreadableMetadataError(MetadataError):
+    """The IMDS answer is not JSON at all (truncated, an error page): IMDS may answer properly next time."""
+
+    retryable = True
 
 
 class HostnameError(AgentError):
@@ -97,8 +134,6 @@ class StateFileError(AgentError):
 class LockError(AgentError):
     """Another azprov run holds the lock."""
 
-    exit_code = 75  # EX_TEMPFAIL
-
 
 class BudgetExhausted(AgentError):
     """A phase kept failing with retryable errors until its time budget ran out."""
@@ -110,7 +145,7 @@ class Terminated(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(f"terminated by signal {signum}")
         self.signum = signum
-        self.logged = False  # the runner logs where it was; cli.run logs the rest (e.g. waiting on the lock)
+        self.logged = False  # the runner logs where it was when it knows; otherwise whoever catches it
 
 
 class RecoverableError(AgentError):

@@ -1,10 +1,10 @@
 """Thin HTTP clients for the WireServer and IMDS: bytes in, bytes out, no parsing, no loops.
 
-The only module that imports `requests` (through `requests_lean`: without its charset detector). Every
-call has a hard overall deadline (a server trickling a byte a second cannot hold us past `timeout`), a
-body-size cap, and proxies disabled (`trust_env = False`: both Azure endpoints must bypass any proxy).
-Failures become `FabricError`, retryable or not by the status code tables below; the runner decides what
-to do with them.
+The only module that imports `requests`. Every call has a hard overall deadline (a server trickling a byte
+a second cannot hold us past `timeout`), a body-size cap, and proxies disabled (`trust_env = False`: both
+Azure endpoints must bypass any proxy).
+Failures become `FabricError`, retryable or not by the status code tables below, decided once when it is
+raised; the runner's retry loop decides what to do with them.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any, Callable
 
+import requests
+
 from statemachine import AGENT_NAME, __version__
 from statemachine.errors import FabricError, GoneError
 from statemachine.health import JSON_HEADERS, XML_HEADERS
-from statemachine.requests_lean import requests
 from statemachine.retry import parse_retry_after
 from statemachine.text import clean
 

@@ -1,15 +1,12 @@
-"""The `azprov` console script: start-up work that must happen before the CLI module is even imported.
+"""The `azprov` console script: the composition root (`cli`) with two process-level settings around it.
 
-1. The garbage collector is switched off. Importing requests, urllib3 and lxml allocates ~100k objects that all
-   stay alive, and the default thresholds run ~50 collections over them that free nothing (about a tenth of
-   the import time; bench/RESULTS.md). `cli` turns it back on, after freezing what exists, the first time the
-   run has to wait (a retry or a network poll): a long run still gets collected, a short one never pays.
-2. The later-boot fast path (`fastpath.already_done`): a provisioned VM exits here, before config, logging or
-   argparse are imported.
-3. The process leaves without the interpreter's teardown (`leave()`): with requests, urllib3 and lxml loaded
-   that is a final collection over ~100k objects (~20 ms) and the clearing of ~300 modules (~4 ms), and a
-   oneshot needs neither: every file azprov writes is closed (and fsynced) before `run()` returns.
-`python -m statemachine.cli` skips all three and behaves the same, only slower.
+1. The garbage collector is off while modules import: importing requests, urllib3 and lxml allocates ~100k
+   objects that all stay alive, and the default thresholds would run ~50 collections over them that free
+   nothing. `cli.sleep` turns it back on, after freezing what exists, the first time a run has to wait.
+2. The process leaves by `os._exit` once stdout, stderr and logging are flushed: a oneshot needs neither the
+   final collection over every import's objects nor the clearing of ~300 modules, and every file azprov
+   writes is closed (and fsynced) before `cli.main()` returns.
+`python -m statemachine.cli` runs the same code without either, only slower.
 """
 
 from __future__ import annotations
@@ -17,22 +14,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
-
-TYPE_CHECKING = False  # not typing's: importing typing would cost the later-boot fast path ~2 ms
-if TYPE_CHECKING:
-    from typing import NoReturn
-
-
-def run() -> int:
-    """Everything but the exit; tests call this in-process."""
-    gc.disable()
-    from statemachine import fastpath
-
-    if fastpath.already_done(sys.argv[1:]):
-        return 0
-    from statemachine import cli
-
-    return cli.main()
+from typing import NoReturn
 
 
 def leave(code: int) -> NoReturn:
@@ -50,8 +32,16 @@ def leave(code: int) -> NoReturn:
 
 
 def main() -> NoReturn:
-    """The `azprov` console script."""
-    leave(run())
+    gc.disable()
+    from statemachine import cli
+
+    try:
+        code = cli.main()
+    except SystemExit as e:  # argparse: --help, --version, usage errors
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+    leave(code)
 
 
 if __name__ == "__main__":

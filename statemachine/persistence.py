@@ -40,6 +40,7 @@ class Record(NamedTuple):
     container_id: str | None = None
     instance_id: str | None = None
     boot_attempts: int = 1  # runs that (re)started provisioning from NETWORK_WAIT
+    runs: int = 1  # runs that did provisioning work (fresh, resumed or retried); a later boot adds none
     attempts: int = 0  # retries in the current phase
     reported_ready_at: str | None = None
     failure_reported_at: str | None = None
@@ -61,6 +62,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "container_id": (str,),
     "instance_id": (str,),
     "boot_attempts": (int,),
+    "runs": (int,),
     "attempts": (int,),
     "reported_ready_at": (str,),
     "failure_reported_at": (str,),
@@ -114,7 +116,7 @@ def from_json(data: Any) -> Record:
         if name not in data:
             continue
         value = data[name]
-        if value is None and name not in ("state", "boot_attempts", "attempts", "history", "steps",
+        if value is None and name not in ("state", "boot_attempts", "runs", "attempts", "history", "steps",
                                           "recoverable_errors"):
             values[name] = None
             continue
@@ -130,7 +132,7 @@ def from_json(data: Any) -> Record:
         if not all(isinstance(i, dict) for i in items):
             raise StateFileError("state record field has the wrong type", field=name, got="list of non-objects")
         values[name] = tuple(items)
-    if any(n < 0 for n in (values.get("attempts", 0), values.get("boot_attempts", 1))):
+    if any(n < 0 for n in (values.get("attempts", 0), values.get("boot_attempts", 1), values.get("runs", 1))):
         raise StateFileError("state record has a negative counter")
     if not all(isinstance(v, dict) for v in values.get("steps", {}).values()):
         raise StateFileError("state record field has the wrong type", field="steps", got="non-object step")

@@ -1,5 +1,5 @@
-"""The phases of provisioning, apart from the machine so that reading a record never imports `transitions`
-(a provisioned VM's later boots must stay cheap)."""
+"""The phases of provisioning: the names a record holds, apart from the lifecycle table (`machine`) so that
+reading a record needs nothing else."""
 
 from __future__ import annotations
 
@@ -15,5 +15,7 @@ class Phase(enum.Enum):
     FAILED = "failed"
 
 
+# The phases a run ends in. DONE never changes again; FAILED does while boot attempts are left
+# (`machine.is_terminal`).
 TERMINAL = frozenset({Phase.DONE, Phase.FAILED})
 ACTIVE = [p for p in Phase if p not in TERMINAL]

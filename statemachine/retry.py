@@ -1,9 +1,18 @@
-"""The one retry policy: jittered exponential backoff with a cap, bounded by a per-phase time budget.
+"""The one retry loop and its policy: how long to wait after which error, bounded by a time budget.
 
-Steps never sleep or loop; they raise a retryable `AgentError` and the runner asks this module how long to
-wait. Fast when the fabric comes back (the first retries are a tenth of a second apart), gentle on a
-struggling one (the cap), and never slower than a `Retry-After` the server asked for. The whole budget is
-used: when the next wait would end past it, one last try is made just before the end.
+Steps never sleep or loop: they raise an `AgentError`, and `until_deadline` (the only retry loop, which the
+runner drives) asks `backoff` how long to wait. Whether an error is worth retrying, and at which pace, is
+a property of its type (`retryable`, `pace`, `at_once`, `retry_after`); this module only does the sums.
+
+The paces, each chosen for what a retry costs the other side:
+- no route yet (ENETUNREACH & co: no packet leaves the VM): poll tightly, so Ready follows the DHCP lease
+  within milliseconds;
+- refused or timed-out connects (a round trip to the host each): full jitter up to about a second, so a
+  scale set booting after an outage does not hammer a fabric that is restarting;
+- the WireServer's 5xx: quick first retries (a single VM recovers fast), growing to a cap;
+- IMDS (throttles at about 5 requests/s per VM): full jitter from 100 ms, so VMs booted together spread out;
+- Retry-After is a floor, with jitter on top once a VM has been throttled more than once.
+The whole budget is used: when the next wait would end past it, one last try is made just before the end.
 """
 
 from __future__ import annotations
@@ -18,6 +27,11 @@ T = TypeVar("T")
 
 # Never wait longer than this for one Retry-After: a broken header must not eat the whole budget.
 MAX_RETRY_AFTER = 60.0
+# Jitter on top of a Retry-After: none on the first throttled retry, growing linearly to this fraction of it
+# at the RETRY_AFTER_SPREAD_FROM-th. A VM throttled three times in a row is delayed by at most half a
+# Retry-After in all, while VMs that stay throttled together stop coming back in lockstep.
+RETRY_AFTER_JITTER = 0.5
+RETRY_AFTER_SPREAD_FROM = 4
 # The time a last try needs before a budget ends to be worth making. A WireServer or IMDS round trip takes
 # milliseconds, and a call's own deadline is shrunk to what is left of the budget, so this bounds the overrun.
 LAST_TRY = 0.25
@@ -37,30 +51,58 @@ class RetryPolicy(NamedTuple):
     initial: float = 0.1
     multiplier: float = 2.0
     cap: float = 10.0
+    full_jitter: bool = False  # False: "equal jitter", at least half the ceiling
+    floor: float = 0.0  # full jitter never waits less than this
 
     def delay(self, attempt: int, retry_after: float | None = None,
               rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number `attempt` (1-based). Pure but for `rand`."""
         if retry_after is not None and retry_after >= 0:
-            return min(retry_after, MAX_RETRY_AFTER)  # honour it exactly: no slower, no sooner
+            return with_retry_after(retry_after, attempt, rand)
         ceiling = capped_exponential(self.initial, self.multiplier, self.cap, attempt - 1)
-        # "Equal jitter": at least half the ceiling, so retries never bunch up at zero.
+        if self.full_jitter:
+            low = min(self.floor, ceiling)
+            return low + rand() * (ceiling - low)
         return ceiling / 2 + rand() * ceiling / 2
+
+
+def with_retry_after(retry_after: float, attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """The server's Retry-After as a floor (capped), plus jitter that grows with the throttled attempts."""
+    floor = min(retry_after, MAX_RETRY_AFTER)
+    steps = min(max(attempt, 1), RETRY_AFTER_SPREAD_FROM) - 1
+    spread = RETRY_AFTER_JITTER * steps / (RETRY_AFTER_SPREAD_FROM - 1)
+    return floor + rand() * spread * floor
+
+
+WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)  # 5xx three times: Ready within ~1 s
+IMDS = RetryPolicy(initial=0.2, multiplier=1.5, cap=5.0, full_jitter=True, floor=0.1)  # 4 errors: <= 1.7 s
+NO_ROUTE = RetryPolicy(initial=0.002, multiplier=1.5, cap=0.005)  # ~50 us of CPU a probe: ~1% of a core
+CONNECT = RetryPolicy(initial=0.01, multiplier=1.5, cap=1.0, full_jitter=True)  # ~2 connects/s once capped
+# An error's `pace` names its policy here; an empty pace means the phase's own policy.
+PACES = {"no_route": NO_ROUTE, "connect": CONNECT, "wireserver": WIRESERVER, "imds": IMDS}
+
+
+def backoff(error: AgentError, attempt: int, policy: RetryPolicy,
+            rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before retry number `attempt` after `error`, in a phase whose policy is `policy`."""
+    if attempt <= error.at_once:
+        return 0.0
+    return PACES.get(error.pace, policy).delay(attempt, error.retry_after, rand)
 
 
 def wait_before_retry(policy: RetryPolicy, attempt: int, retry_after: float | None, remaining: float,
                       rand: Callable[[], float] = random.random) -> float | None:
-    """Seconds to wait before retry number `attempt` with `remaining` seconds of budget left, or None when
-    there is no room for another try. The whole budget is used: a wait (even a Retry-After) that would end
-    past it is cut short so one last try lands just before the end, instead of giving up with budget unspent
-    while the fabric may be about to recover."""
+    """`policy`'s wait, or None when there is no room for another try in `remaining` seconds."""
+    return fit(policy.delay(attempt, retry_after, rand), remaining)
+
+
+def fit(delay: float, remaining: float) -> float | None:
+    """A wait (even a Retry-After) that would end past the budget is cut short so one last try lands just
+    before the end, instead of giving up with budget unspent while the fabric may be about to recover.
+    None: no room for another try."""
     if remaining <= LAST_TRY:
         return None
-    return min(policy.delay(attempt, retry_after, rand), remaining - LAST_TRY)
-
-
-WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)
-IMDS = RetryPolicy(initial=0.1, multiplier=2.0, cap=5.0)  # IMDS allows about 5 requests/s
+    return min(delay, remaining - LAST_TRY)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -71,21 +113,29 @@ def parse_retry_after(value: str | None) -> float | None:
         seconds = float(value.strip())
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
 
 
 def until_deadline(call: Callable[[], T], policy: RetryPolicy, deadline: float, clock: Callable[[], float],
-                   sleep: Callable[[float], None]) -> T:
-    """`call()` until it succeeds, waiting `policy`'s delays between retryable errors; the error that is
-    not retryable, or would outlast `deadline`, is raised. For the loops that persist nothing between
-    tries (the dry run, the failure report); the runner's own loop also saves the record each retry."""
+                   sleep: Callable[[float], None],
+                   on_retry: Callable[[AgentError, float], None] = lambda error, delay: None) -> T:
+    """The retry loop: `call()` until it succeeds, waiting `backoff` between retryable errors. The error
+    that is not retryable, or would outlast `deadline`, is raised; anything else that is not an
+    `AgentError` (a bug) goes straight through. `on_retry` sees each error and wait before the sleep."""
     attempt = 0
     while True:
         try:
             return call()
         except AgentError as e:
-            attempt += 1
-            delay = wait_before_retry(policy, attempt, getattr(e, "retry_after", None), deadline - clock())
-            if not e.retryable or delay is None:
+            if not e.retryable:
                 raise
+            attempt = min(attempt + 1, MAX_ATTEMPT)
+            delay = fit(backoff(e, attempt, policy), deadline - clock())
+            if delay is None:
+                raise
+            on_retry(e, delay)
             sleep(delay)
+
+
+# Every policy reaches its cap long before this; the counter stops here so it stays a small int.
+MAX_ATTEMPT = 1 << 20

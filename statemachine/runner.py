@@ -1,17 +1,20 @@
-"""The runner: decide where to start, then loop step → trigger → persist until a terminal phase.
+"""The runner drives a run: lock, load (quarantining a broken record), plan where to start, then the loop
+step → trigger → persist until the run ends at DONE or FAILED.
 
-It owns the one retry policy (steps raise retryable errors, the runner waits and calls again until the
-phase's budget is spent), the failure path (report ProvisioningFailed, then `fail`), and persistence after
-every transition and every retry. It receives the steps table and the failure reporter as arguments, so
-`statemachine` never imports `states`.
+It owns the one retry loop (`within_budget`, over `retry.until_deadline`): steps raise errors, and the loop
+waits as the error's type says, within the phase's budget (`machine.PHASES`). It owns the failure path
+(KVP, FAILED made durable, ProvisioningFailed posted through the same loop) and persistence after every
+transition and every recorded retry. Steps are found by the module names in `machine.PHASES`, so
+`statemachine` imports no `states` module until a run needs it; tests hand in their own.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from statemachine import persistence, retry
 from statemachine.context import Context, Outcome
@@ -19,9 +22,10 @@ from statemachine.errors import AgentError, BudgetExhausted, FabricError, StateF
 from statemachine.failpoints import failpoint
 from statemachine.health import failure_report
 from statemachine.log import fields
-from statemachine.machine import TERMINAL, Agent, Phase, build_machine
+from statemachine.machine import FAILURE_REPORT_BUDGET, PHASES, Agent, Phase, build_machine, ends_run, fire
 from statemachine.persistence import Record
-from statemachine.resume import with_transition
+from statemachine.resume import plan_start, with_transition
+from statemachine.store import Store, load, prepare_state_dir
 from statemachine.text import clean
 from statemachine.timeutil import utc_now
 
@@ -29,59 +33,21 @@ log = logging.getLogger("azprov")
 
 Step = Callable[[Context, Record], Outcome]
 FailureReporter = Callable[[Context, Record, AgentError], bool]
+T = TypeVar("T")
 
-BUDGET_KEY = {
-    Phase.NETWORK_WAIT: "network_timeout",
-    Phase.GOALSTATE: "wireserver_timeout",
-    Phase.REPORTING: "wireserver_timeout",
-    Phase.CONFIGURING: "imds_timeout",
-}
-POLICY = {
-    Phase.NETWORK_WAIT: retry.WIRESERVER,
-    Phase.GOALSTATE: retry.WIRESERVER,
-    Phase.REPORTING: retry.WIRESERVER,
-    Phase.CONFIGURING: retry.IMDS,
-}
-# Why a phase gave up, naming the service and the budget: the operator reads this in the portal.
-EXHAUSTED = {
-    Phase.NETWORK_WAIT: "WireServer did not accept a connection within fabric.network_timeout",
-    Phase.GOALSTATE: "WireServer gave no usable goal state within fabric.wireserver_timeout",
-    Phase.REPORTING: "WireServer did not accept the health report within fabric.wireserver_timeout",
-    Phase.CONFIGURING: "IMDS gave no usable instance metadata within fabric.imds_timeout",
-}
-FAILURE_REPORT_BUDGET = 30.0  # at most; never more than fabric.wireserver_timeout
+__all__ = ["Runner", "Store", "run", "within_budget"]
+
+
+def within_budget(ctx: Context, deadline: float, policy: retry.RetryPolicy, call: Callable[[], T],
+                  on_retry: Callable[[AgentError, float], None] = lambda error, delay: None) -> T:
+    """Every wait of azprov goes through here: `call` until it succeeds or `deadline` (monotonic) leaves no
+    room. The deadline is what the clients shrink their per-call timeouts to."""
+    ctx.run.deadline = deadline
+    return retry.until_deadline(call, policy, deadline, ctx.clock, ctx.sleep, on_retry)
 
 
 def error_entry(error: AgentError, phase: Phase) -> dict[str, Any]:
     return {**error.as_dict(), "state": phase.value, "at": utc_now()}
-
-
-# ---- persistence that degrades instead of losing the Ready ---------------------------------------------
-
-class Store:
-    """Saves the record; when the disk refuses (read-only, full), carries on in memory and says so once:
-    reporting Ready matters more than remembering that we did."""
-
-    def __init__(self, path: Path, enabled: bool = True) -> None:
-        self.path = path
-        self.enabled = enabled  # False: the state directory is unusable, keep everything in memory
-        self.failed: StateFileError | None = None
-
-    def save(self, record: Record) -> None:
-        if not self.enabled:
-            return
-        try:
-            persistence.save(self.path, record)
-        except StateFileError as e:
-            if self.failed is None:
-                log.error("state record cannot be saved; continuing without persistence",
-                          extra=fields(reason=str(e)))
-            self.failed = e
-        except Exception as e:  # a bug in saving must not cost the Ready either: loud, once, then in memory
-            if self.failed is None:
-                log.exception("saving the state record failed unexpectedly; continuing without persistence")
-            self.failed = StateFileError("state record cannot be saved", path=str(self.path),
-                                         error=type(e).__name__)
 
 
 def _how_started(record: Record) -> str:
@@ -92,8 +58,6 @@ def _how_started(record: Record) -> str:
     return "resume"
 
 
-# ---- the loop ----------------------------------------------------------------------------------------------
-
 class Runner:
     def __init__(self, ctx: Context, steps: Mapping[Phase, Step], store: Store,
                  report_failure: FailureReporter) -> None:
@@ -102,12 +66,13 @@ class Runner:
         self.store = store
         self.report_failure = report_failure
         self.record = Record()
-        self.agent = Agent()
+        self.agent = Agent(max_boot_attempts=ctx.config.agent.max_boot_attempts)
+        self.machine: Any = None
         self._event = "start"
         self._phase_started: dict[Phase, float] = {}
         self._source = Phase.NETWORK_WAIT  # the state the last trigger left
         self._entered_at = 0.0  # monotonic time the current state was entered (for KVP durations)
-        self._left_told = False  # the failure path already told KVP that the state was left
+        self._left_told = False  # the host was already told that the state was left
 
     def _on_change(self) -> None:
         self.record = with_transition(self.record, self.agent.state, self._event, utc_now())
@@ -127,20 +92,27 @@ class Runner:
                        str((self.record.last_error or {}).get("reason", "")) if failed else self._event)
         self._entered_at, self._left_told = now, False
 
-    def _fire(self, event: str) -> None:
+    def _fire(self, event: str) -> bool:
         self._event = event
         self._source = self.agent.state
-        self.agent.trigger(event)
+        self.agent.boot_attempts = self.record.boot_attempts
+        return fire(self.machine, self.agent, event)
 
     def drive(self, record: Record) -> Record:
+        """Run from `record` until DONE or FAILED; a FAILED record with boot attempts left starts over."""
         self.record = record
-        build_machine(self.agent, record.state, on_change=self._on_change)
+        self.agent.boot_attempts = record.boot_attempts
+        self.machine = build_machine(self.agent, record.state, on_change=self._on_change)
         self._entered_at = self.ctx.clock()
-        if record.state not in TERMINAL:
+        if record.state is Phase.FAILED:
+            self._left_told = True  # a FAILED record was left by an earlier run
+            self._fire("retry_after_failure")  # saves, and tells the host, from the hook; False: attempts used
+        elif not ends_run(record.state):
+            self.store.save(record)
             self.ctx.events().vm_id = record.vm_id
             self.ctx.events().entered(record.state.value, _how_started(record))
         try:
-            while self.agent.state not in TERMINAL:
+            while not ends_run(self.agent.state):
                 self._turn(self.agent.state)
         except Terminated as t:
             if self.agent.state is not Phase.FAILED:  # FAILED (reporting it): keep the failure's own reason
@@ -155,17 +127,35 @@ class Runner:
             raise
         return self.record
 
+    def _work(self, phase: Phase) -> Outcome:
+        # The failpoints sit inside: an armed `raise` stands for a bug in the step itself.
+        failpoint(f"{phase.value}.before_work")
+        outcome = self.steps[phase](self.ctx, self.record)
+        failpoint(f"{phase.value}.after_work")
+        return outcome
+
+    def _on_retry(self, phase: Phase, e: AgentError, delay: float) -> None:
+        self.record = self.record._replace(attempts=self.record.attempts + 1)
+        if not e.recorded:
+            return
+        self.record = self.record._replace(last_error=error_entry(e, phase), updated_at=utc_now())
+        log.warning("step failed; retrying", extra=fields(state=phase.value, reason=str(e),
+                                                           attempt=self.record.attempts, delay_s=round(delay, 3)))
+        self.store.save(self.record)
+
     def _turn(self, phase: Phase) -> None:
-        ctx = self.ctx
-        started = self._phase_started.setdefault(phase, ctx.clock())
-        budget = float(getattr(ctx.config.fabric, BUDGET_KEY[phase]))
-        ctx.deadline = started + budget
-        try:  # the failpoints sit inside: an armed `raise` stands for a bug in the step itself
-            failpoint(f"{phase.value}.before_work")
-            outcome = self.steps[phase](ctx, self.record)
-            failpoint(f"{phase.value}.after_work")
+        spec = PHASES[phase]
+        budget = float(getattr(self.ctx.config.fabric, spec.budget_key))
+        deadline = self._phase_started.setdefault(phase, self.ctx.clock()) + budget
+        try:
+            outcome = within_budget(self.ctx, deadline, spec.policy, lambda: self._work(phase),
+                                    lambda e, delay: self._on_retry(phase, e, delay))
         except AgentError as e:
-            self._after_error(phase, e, budget)
+            if e.retryable:  # the budget ran out
+                e = BudgetExhausted(spec.exhausted, budget_s=budget, budget_key=f"fabric.{spec.budget_key}",
+                                    attempts=self.record.attempts + 1, last_reason=e.reason,
+                                    **{f"last_{k}": v for k, v in e.supporting_data.items()})
+            self._fail(phase, e)
             return
         except Exception as e:  # a bug: fail loudly, but still tell the platform
             log.exception("unexpected error in a step")
@@ -178,26 +168,6 @@ class Runner:
             self.store.save(self.record)
             return
         self._fire(outcome.event)
-
-    def _after_error(self, phase: Phase, e: AgentError, budget: float) -> None:
-        ctx = self.ctx
-        attempts = self.record.attempts + 1
-        self.record = self.record._replace(attempts=attempts, last_error=error_entry(e, phase),
-                                           updated_at=utc_now())
-        delay = retry.wait_before_retry(POLICY[phase], attempts, getattr(e, "retry_after", None),
-                                        ctx.deadline - ctx.clock())
-        if e.retryable and delay is not None:
-            log.warning("step failed; retrying", extra=fields(state=phase.value, reason=str(e),
-                                                               attempt=attempts, delay_s=round(delay, 3)))
-            self.store.save(self.record)
-            ctx.sleep(delay)
-            return
-        if e.retryable:
-            e = BudgetExhausted(EXHAUSTED[phase],
-                                budget_s=budget, budget_key=f"fabric.{BUDGET_KEY[phase]}",
-                                attempts=attempts, last_reason=e.reason,
-                                **{f"last_{k}": v for k, v in e.supporting_data.items()})
-        self._fail(phase, e)
 
     def _fail(self, phase: Phase, e: AgentError) -> None:
         log.error("provisioning failed", extra=fields(state=phase.value, reason=str(e)))
@@ -226,15 +196,86 @@ class Runner:
         503s): the sooner it knows, the sooner the deployment fails instead of timing out."""
         ctx = self.ctx
         budget = min(FAILURE_REPORT_BUDGET, ctx.config.fabric.wireserver_timeout)
-        ctx.deadline = ctx.clock() + budget
 
         def attempt() -> None:
             if not self.report_failure(ctx, self.record, e):
                 raise FabricError("the failure report was not accepted", retryable=True)
 
         try:
-            retry.until_deadline(attempt, retry.WIRESERVER, ctx.deadline, ctx.clock, ctx.sleep)
-        except AgentError:
-            log.warning("giving up reporting the failure", extra=fields(budget_s=budget))
+            within_budget(ctx, ctx.clock() + budget, retry.WIRESERVER, attempt)
+        except AgentError as not_taken:
+            log.warning("giving up reporting the failure", extra=fields(budget_s=budget, reason=not_taken.reason))
             return False
         return True
+
+
+# ---- one run, from the lock to the end ---------------------------------------------------------------------
+
+def default_steps() -> dict[Phase, Step]:
+    return {phase: importlib.import_module(spec.step).step for phase, spec in PHASES.items()}
+
+
+def run(ctx: Context, steps: Mapping[Phase, Step] | None = None,
+        report_failure: FailureReporter | None = None) -> Phase:
+    """One run under the lock: DONE or FAILED. Raises `LockError` (another run holds the lock past the
+    whole budget) and `Terminated` (SIGTERM/SIGINT); everything else ends in a phase."""
+    from statemachine.lock import RunLock
+
+    cfg = ctx.config
+    state_file = cfg.state_dir / persistence.STATE_FILE
+    lock = RunLock(state_file.parent / persistence.LOCK_FILE)
+    try:
+        durable = prepare_state_dir(state_file.parent)
+        if durable:
+            lock.acquire(timeout=cfg.total_budget(), on_wait=lambda pid: log.info(
+                "another run holds the lock; waiting", extra=fields(pid=pid)))
+        return _run_locked(ctx, state_file, durable, steps, report_failure)
+    finally:
+        lock.release()
+
+
+def _run_locked(ctx: Context, state_file: Path, durable: bool, steps: Mapping[Phase, Step] | None,
+                report_failure: FailureReporter | None) -> Phase:
+    from statemachine.identity import read_vm_id
+
+    cfg = ctx.config
+    vm_id = read_vm_id(Path(cfg.identity.product_uuid_path), Path(cfg.identity.efi_path))
+    action, record = plan_start(load(state_file) if durable else None, vm_id, cfg.agent.max_boot_attempts,
+                                utc_now())
+    if action == "done":
+        log.info("already provisioned on this VM; nothing to do", extra=fields(vm_id=record.vm_id))
+        return Phase.DONE
+    if action == "give_up":
+        log.error("provisioning failed on every attempt; not trying again",
+                  extra=fields(boot_attempts=record.boot_attempts, last_error=(record.last_error or {}).get("reason")))
+        return Phase.FAILED
+    _announce(ctx, state_file, action, record, vm_id)
+    from states import network_wait  # the runner's first need: start requests and lxml loading now
+
+    network_wait.warm_imports()  # they load while the first save waits on the disk
+    if report_failure is None:
+        from states import reporting
+
+        report_failure = reporting.report_failure
+    final = Runner(ctx, steps or default_steps(), Store(state_file, enabled=durable), report_failure).drive(record)
+    if final.state is Phase.DONE:
+        log.info("provisioning finished", extra=fields(state="done", recoverable_errors=len(final.recoverable_errors)))
+    else:
+        log.error("provisioning failed", extra=fields(state="failed", reason=(final.last_error or {}).get("reason")))
+    return final.state
+
+
+def _announce(ctx: Context, state_file: Path, action: str, record: Record, vm_id: str | None) -> None:
+    """Keep a previous VM's record aside, and log the `starting` line boot timings are read from."""
+    if action == "new_vm":
+        try:
+            persistence.set_aside(state_file, "prev")
+        except StateFileError as e:  # the old record is overwritten by the first save, if that works
+            log.error("previous VM's record cannot be kept aside", extra=fields(reason=str(e)))
+        log.info("record belongs to another VM (a new VM from this image); provisioning afresh",
+                 extra=fields(vm_id=vm_id))
+    if vm_id is None:
+        log.warning("no SMBIOS product_uuid; the VM id will come from IMDS compute.vmId",
+                    extra=fields(path=ctx.config.identity.product_uuid_path))
+    starts_at = Phase.NETWORK_WAIT if action == "retry_failed" else record.state
+    log.info("starting", extra=fields(action=action, state=starts_at.value, vm_id=vm_id))

@@ -24,7 +24,7 @@ from statemachine.timeutil import utc_now
 from states.configure import Facts, registry
 from states.imds import parse_instance
 
-if TYPE_CHECKING:  # states.media is imported only when [media] enabled (~6 ms of start-up otherwise)
+if TYPE_CHECKING:  # states.media is imported only when [media] is enabled
     from states.media import OvfEnv
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,12 @@ CUSTOM_DATA = "custom_data"
 
 
 def facts(ctx: Context) -> Facts:
-    if isinstance(ctx.facts, Facts):
-        return ctx.facts
-    instance = parse_instance(ctx.metadata().get_instance())
-    env, problem = read_media(ctx)
-    result = Facts(instance=instance, media=env)
-    ctx.facts, ctx.media_problem = result, problem
-    return result
+    """The IMDS document (and the media), read once per run."""
+    if ctx.run.facts is None:
+        instance = parse_instance(ctx.metadata().get_instance())
+        env, ctx.run.media_problem = read_media(ctx)
+        ctx.run.facts = Facts(instance=instance, media=env)
+    return ctx.run.facts
 
 
 def read_media(ctx: Context) -> tuple[OvfEnv | None, MediaError | None]:
@@ -86,11 +85,11 @@ def save_custom_data(ctx: Context, env: OvfEnv | None) -> bool:
 
 def _media_updates(ctx: Context, record: Record, found: Facts) -> dict[str, Any]:
     """Once per run: save CustomData, and record a broken media once (not on every resumed run)."""
-    if ctx.media_handled:
+    if ctx.run.media_handled:
         return {}
-    ctx.media_handled = True
+    ctx.run.media_handled = True
     save_custom_data(ctx, found.media)
-    problem = ctx.media_problem
+    problem = ctx.run.media_problem
     if problem is None or any(e.get("step") == "media" for e in record.recoverable_errors):
         return {}
     return {"recoverable_errors": (*record.recoverable_errors, {"step": "media", **problem.as_dict()})}

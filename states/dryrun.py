@@ -10,29 +10,32 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from statemachine import retry
 from statemachine.context import Context
 from statemachine.errors import AgentError, RecoverableError
+from statemachine.machine import PHASES
 from statemachine.persistence import Record
+from statemachine.phase import Phase
+from statemachine.runner import within_budget
 from states import configuring, goalstate, network_wait
 from states.configure import registry
 
 T = TypeVar("T")
 
 
-def _within_budget(ctx: Context, budget: float, policy: retry.RetryPolicy, call: Callable[[], T]) -> T:
-    ctx.deadline = ctx.clock() + budget
-    return retry.until_deadline(call, policy, ctx.deadline, ctx.clock, ctx.sleep)
+def _in_phase(ctx: Context, phase: Phase, call: Callable[[], T]) -> T:
+    """`call` with the retries, policy and budget a run gives `phase`."""
+    spec = PHASES[phase]
+    budget = float(getattr(ctx.config.fabric, spec.budget_key))
+    return within_budget(ctx, ctx.clock() + budget, spec.policy, call)
 
 
 def plan(ctx: Context) -> dict[str, Any]:
     """The plan as a JSON-able dict. Raises AgentError when the fabric cannot be read."""
-    ctx.dry_run = True
-    fab = ctx.config.fabric
-    _within_budget(ctx, fab.network_timeout, retry.WIRESERVER, lambda: network_wait.step(ctx, Record()))
-    gs = _within_budget(ctx, fab.wireserver_timeout, retry.WIRESERVER, lambda: goalstate.fetch(ctx))
-    found = _within_budget(ctx, fab.imds_timeout, retry.IMDS, lambda: configuring.facts(ctx))
-    problem = ctx.media_problem
+    # attempts=1: no run counts the probes here, so the step's "waiting" line would repeat on every one.
+    _in_phase(ctx, Phase.NETWORK_WAIT, lambda: network_wait.step(ctx, Record(attempts=1)))
+    gs = _in_phase(ctx, Phase.GOALSTATE, lambda: goalstate.fetch(ctx))
+    found = _in_phase(ctx, Phase.CONFIGURING, lambda: configuring.facts(ctx))
+    problem = ctx.run.media_problem
     steps: list[dict[str, Any]] = []
     for name in ctx.config.configure.steps:
         try:
@@ -80,11 +83,3 @@ def render(result: dict[str, Any]) -> str:
         cd = result["custom_data"]
         lines.append(f"custom_data: would save {cd['size']} bytes to {cd['path']} (mode 0600)")
     return "\n".join(lines)
-
-
-def exit_code(result: dict[str, Any]) -> int:
-    """0: every step could plan; 2: only recoverable errors; 1: a step would fail."""
-    errors = [s for s in result["steps"] if s["action"] == "error"]
-    if any(not s["recoverable"] for s in errors):
-        return 1
-    return 2 if errors else 0

@@ -1,7 +1,7 @@
 """GOALSTATE: fetch the goal state from the WireServer and keep the three ids the health report needs.
 
-`parse_goal_state` is pure and raises only `GoalStateError` (or its retryable child when the fabric has
-not yet filled in the RoleInstance, which it does while it is still preparing the VM).
+`parse_goal_state` is pure and raises only `GoalStateError` (retryable: an unreadable answer says nothing
+lasting), or its child when the fabric has not yet filled in the RoleInstance while it prepares the VM.
 """
 
 from __future__ import annotations
@@ -41,33 +41,29 @@ def parse_goal_state(body: bytes) -> GoalState:
     return GoalState(incarnation, container_id, instance_id)
 
 
-# A goal state this process fetched less than this long ago is what "fetched right before the POST" means:
-# GOALSTATE's own fetch is milliseconds old when REPORTING posts the Ready, and a 410 still refetches.
-FRESH_S = 1.0
+# How long a goal state this process fetched stays good for a health POST. GOALSTATE's own fetch is
+# milliseconds old when REPORTING posts the Ready; a POST retried after 429/503 reuses it rather than adding
+# a GET to a throttled WireServer. A stale one costs nothing worse than a 410, which always refetches.
+FRESH_S = 10.0
 
 
-def take_fresh(ctx: Context) -> GoalState | None:
-    """The goal state fetched a moment ago by this process, once; None when there is none or it is older
-    than FRESH_S. Saves the REPORTING phase a second GET of what GOALSTATE has just read."""
-    cached, ctx.last_goal_state = ctx.last_goal_state, None
+def recent(ctx: Context) -> GoalState | None:
+    """The goal state fetched by this run less than FRESH_S ago, if any."""
+    cached = ctx.run.goal_state
     if cached is None or ctx.clock() - cached[0] > FRESH_S:
         return None
-    gs: GoalState = cached[1]
-    return gs
+    return cached[1]
+
+
+def forget(ctx: Context) -> None:
+    """The goal state changed (410 Gone): the next POST fetches it anew."""
+    ctx.run.goal_state = None
 
 
 def fetch(ctx: Context) -> GoalState:
-    body = ctx.wire().get_goal_state()
-    try:
-        gs = parse_goal_state(body)
-        ctx.last_goal_state = (ctx.clock(), gs)
-        return gs
-    except GoalStateError as e:
-        # An answer we cannot read (truncated, an intermediary's HTML error page, worse) says nothing
-        # lasting about the WireServer: ask again until the phase's budget decides, as for a 5xx. Failing
-        # at once would lose the VM to one glitch.
-        e.retryable = True
-        raise
+    gs = parse_goal_state(ctx.wire().get_goal_state())
+    ctx.run.goal_state = (ctx.clock(), gs)
+    return gs
 
 
 def step(ctx: Context, record: Record) -> Outcome:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from statemachine.errors import MetadataError
+from statemachine.errors import MetadataError, UnreadableMetadataError
 from statemachine.text import clean, decode_json, parse_bool
 
 MAX_DOCUMENT = 4 << 20
@@ -78,9 +78,7 @@ def parse_instance(body: bytes) -> Instance:
     try:
         doc = decode_json(body, "utf-8-sig")
     except ValueError as e:  # every way decoding fails, NaN, 1e999 and 5000-digit numbers included
-        error = MetadataError("instance metadata is not valid JSON", error=str(e))
-        error.retryable = True  # truncated or an error page: IMDS may answer properly next time
-        raise error from e
+        raise UnreadableMetadataError("instance metadata is not valid JSON", error=clean(str(e), 200)) from e
     if not isinstance(doc, dict):
         raise MetadataError("instance metadata is not a JSON object", got=type(doc).__name__)
     compute = _obj(doc, "compute", "")

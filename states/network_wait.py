@@ -1,32 +1,31 @@
 """NETWORK_WAIT: wait until the WireServer accepts a TCP connection, so the unit needs no
 network-online.target and the Ready follows within milliseconds of the fabric becoming reachable.
 
-Polling is fast and cheap (a refused or unroutable connect fails at once; a dropped SYN is bounded by a
-one-second connect timeout). Meanwhile a background thread imports requests and lxml, so the interpreter
-work overlaps with DHCP instead of following it. This step loops by itself rather than through the runner's
-retry policy: a probe is not a failed attempt worth persisting, and a record written fifty times a second
-for five minutes would only wear the disk.
+Each turn is one connect. A failure is an error whose type says how to wait (statemachine.retry): no route
+or address yet (DHCP still running, nothing sent) is polled tightly; a refused or unanswered connect costs
+the host a round trip, so it backs off with jitter. Neither retry is saved or logged: a probe is not an
+attempt worth wearing the disk for. Meanwhile a background thread imports requests and lxml, so that work
+overlaps the wait for DHCP instead of following it.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import threading
 from urllib.parse import urlsplit
 
 from statemachine.context import Context, Outcome
-from statemachine.errors import BudgetExhausted, ConfigError
+from statemachine.errors import ConfigError, NoRouteError, NotListeningError
 from statemachine.log import fields
 from statemachine.persistence import Record
-from statemachine.retry import capped_exponential
 
 log = logging.getLogger(__name__)
 
-# A refused or unroutable probe costs ~50 us of CPU, so polling every 5 ms is ~1% of one core while DHCP
-# runs, and it bounds the wait after the fabric starts listening to 5 ms instead of 20 (bench P1).
-FIRST_POLL = 0.002
-MAX_POLL = 0.005
-CONNECT_TIMEOUT = 1.0
+CONNECT_TIMEOUT = 1.0  # a dropped SYN: the probe gives up after this and counts as not listening
+# Failures that never left the VM: no route, no usable source address yet.
+LOCAL_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN})
 
 
 def target(url: str) -> tuple[str, int]:
@@ -41,8 +40,17 @@ def target(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-def poll_delay(attempt: int) -> float:
-    return capped_exponential(FIRST_POLL, 1.5, MAX_POLL, attempt)
+def connect(host: str, port: int, timeout: float) -> None:
+    """One TCP connect, closed at once; raises the error that says how to wait before the next."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except OSError as e:
+        address = f"{host}:{port}"
+        if e.errno in LOCAL_ERRNOS:
+            raise NoRouteError("no route to the WireServer yet", address=address, error=e.strerror) from None
+        raise NotListeningError("WireServer does not accept connections", address=address,
+                                error=e.strerror or type(e).__name__) from None
 
 
 def _warm_imports() -> None:
@@ -58,8 +66,8 @@ _warming: threading.Thread | None = None
 
 
 def warm_imports() -> None:
-    """Start importing requests and lxml in the background, once per process. The runner's driver calls
-    this before the first save, so the imports also overlap that save's fsyncs, not only the network wait."""
+    """Start importing requests and lxml in the background, once per process. The runner calls this before
+    the first save, so the imports also overlap that save's fsyncs, not only the network wait."""
     global _warming
     if _warming is None:
         _warming = threading.Thread(target=_warm_imports, name="warm-imports", daemon=True)
@@ -69,19 +77,11 @@ def warm_imports() -> None:
 def step(ctx: Context, record: Record) -> Outcome:
     host, port = target(ctx.config.fabric.wireserver_url)
     warm_imports()
-    started = ctx.clock()
-    attempt = 0
-    while True:
-        remaining = ctx.remaining()
-        if ctx.probe(host, port, max(min(CONNECT_TIMEOUT, remaining), 0.01)):
-            log.info("WireServer reachable", extra=fields(address=f"{host}:{port}", polls=attempt + 1,
-                                                          waited_s=round(ctx.clock() - started, 3)))
-            return Outcome("network_up")
-        if attempt == 0:
+    try:
+        (ctx.probe or connect)(host, port, max(min(CONNECT_TIMEOUT, ctx.remaining()), 0.01))
+    except (NoRouteError, NotListeningError):
+        if record.attempts == 0:
             log.info("waiting for the WireServer to accept connections", extra=fields(address=f"{host}:{port}"))
-        remaining = ctx.remaining()
-        if remaining <= 0:
-            raise BudgetExhausted("WireServer did not accept a connection within fabric.network_timeout",
-                                  address=f"{host}:{port}", budget_s=ctx.config.fabric.network_timeout)
-        ctx.sleep(min(poll_delay(attempt), remaining))
-        attempt += 1
+        raise
+    log.info("WireServer reachable", extra=fields(address=f"{host}:{port}", polls=record.attempts + 1))
+    return Outcome("network_up")

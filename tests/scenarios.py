@@ -26,7 +26,7 @@ from fakefabric import GOAL_STATE, FakeFabric
 
 
 class Env(_CliEnv):
-    """Runs `azprov` the way the console script does (statemachine.launch: gc off, later-boot fast path)."""
+    """Runs `azprov` the way the console script does (statemachine.launch: gc off, exit by os._exit)."""
 
     def argv(self, *args: str) -> list[str]:
         cli = super().argv(*args)

@@ -8,14 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import REPO, Env
 from fakefabric import FakeFabric
-from hypothesis import given
-from hypothesis import strategies as st
 from scenarios import wait_for
 
 
@@ -73,6 +70,7 @@ def test_new_vm_from_the_image_provisions_afresh(vm: Env, fabric: FakeFabric) ->
     assert prev["vm_id"] == first_id
 
 
+@pytest.mark.slow  # covered in-process by tests/test_runner.py
 def test_retries_then_ready(vm: Env, fabric: FakeFabric) -> None:
     fabric.set_script("goalstate", [{"status": 500}, {"status": 503, "headers": {"Retry-After": "0.1"}},
                                     {"action": "reset"}])
@@ -106,6 +104,7 @@ def test_wireserver_listening_late(make_vm: Any) -> None:
         fake.stop()
 
 
+@pytest.mark.slow  # the same end-to-end run as test_kvp_e2e's IMDS budget test
 def test_imds_budget_exhausted_reports_failure(vm: Env, fabric: FakeFabric) -> None:
     vm.set("fabric", imds_timeout=1.0)
     fabric.set_script("imds", [{"status": 500}] * 100)
@@ -123,6 +122,7 @@ def test_imds_budget_exhausted_reports_failure(vm: Env, fabric: FakeFabric) -> N
     assert vm.run("--status").returncode == 1
 
 
+@pytest.mark.slow  # covered in-process by tests/test_runner.py and tests/test_lifecycle_stateful.py
 def test_failed_vm_retries_on_next_boot_then_gives_up(vm: Env, fabric: FakeFabric) -> None:
     vm.set("fabric", imds_timeout=0.5).set("agent", max_boot_attempts=2)
     fabric.set_script("imds", [{"status": 500}] * 1000)
@@ -140,6 +140,7 @@ def test_failed_vm_retries_on_next_boot_then_gives_up(vm: Env, fabric: FakeFabri
     assert status_json(vm)["state"] == "done"
 
 
+@pytest.mark.slow  # test_hostile's invalid-hostname runs cover this path in the quick suite
 def test_no_valid_hostname_is_done_with_recoverable_error(vm: Env, fabric: FakeFabric) -> None:
     fabric.computer_name = "bad_name;reboot"
     out = vm.run()
@@ -186,8 +187,11 @@ def test_journal_priority_prefix_only_under_systemd(vm: Env) -> None:
     assert all(line.startswith("<6>") for line in journal.stdout.splitlines())
 
 
-@pytest.mark.parametrize("route, state", [(None, "network_wait"), ("goalstate", "goalstate"),
-                                          ("health", "reporting"), ("imds", "configuring")])
+# One state in the quick suite; the stateful test covers resuming from every phase in-process.
+@pytest.mark.parametrize("route, state", [pytest.param(None, "network_wait", marks=pytest.mark.slow),
+                                          pytest.param("goalstate", "goalstate", marks=pytest.mark.slow),
+                                          ("health", "reporting"),
+                                          pytest.param("imds", "configuring", marks=pytest.mark.slow)])
 def test_sigkill_in_each_state_then_resume(make_vm: Any, route: str | None, state: str) -> None:
     fake = FakeFabric()
     if route is None:
@@ -216,6 +220,7 @@ def test_sigkill_in_each_state_then_resume(make_vm: Any, route: str | None, stat
         fake.stop()
 
 
+@pytest.mark.slow  # test_reliability's SIGTERM case runs the same path in the quick suite
 def test_sigterm_persists_and_exits_promptly(vm: Env, fabric: FakeFabric) -> None:
     fabric.set_script("imds", [{"action": "hang", "delay": 60}])
     vm.set("fabric", request_timeout=30.0)
@@ -232,6 +237,7 @@ def test_sigterm_persists_and_exits_promptly(vm: Env, fabric: FakeFabric) -> Non
     assert vm.run().returncode == 0
 
 
+@pytest.mark.slow  # covered in-process by tests/test_runner.py
 def test_a_bug_in_a_step_still_tells_the_platform(vm: Env, fabric: FakeFabric) -> None:
     out = vm.run(env={"AZPROV_FAILPOINT": "configuring.before_work:raise"})
     assert out.returncode == 1
@@ -253,38 +259,6 @@ def test_the_ready_uses_the_goal_state_just_fetched_and_a_410_fetches_anew(vm: E
         other.stop()
 
 
-# ---- the unit's own command line skips argparse; it must mean exactly what argparse would make of it -------
-
-TOKENS = ["--config", "--config=", "--config=a.toml", "a.toml", "-x", "--status", "--conf", "", "--json", "-"]
-
-
-# Mixed tokens (mostly not plain), and the two plain shapes with any file name (argparse must agree on each).
-ARGVS = (st.lists(st.sampled_from(TOKENS) | st.text(max_size=6), max_size=3)
-         | st.text(max_size=12).map(lambda name: ["--config", name])
-         | st.text(max_size=12).map(lambda name: [f"--config={name}"]))
-
-
-@given(ARGVS)
-def test_the_plain_command_line_agrees_with_argparse(argv: list[str]) -> None:
-    from statemachine import arguments, fastpath
-
-    plain, config = fastpath.config_argument(argv)
-    if not plain:
-        assert config is None
-        return
-    parsed = arguments.parse(argv)  # a plain command line is never a usage error
-    assert parsed.config == (Path(config) if config is not None else None)
-    assert not (parsed.status or parsed.json or parsed.wait or parsed.dry_run or parsed.logs or parsed.machine_id
-                or parsed.kvp) and parsed.command is None
-
-
-@pytest.mark.parametrize("argv", [[], ["--config", "/etc/x.toml"], ["--config=/etc/x.toml"]])
-def test_the_units_command_lines_are_plain(argv: list[str]) -> None:
-    from statemachine import fastpath
-
-    assert fastpath.config_argument(argv)[0]
-
-
 def test_the_console_script_exits_without_teardown_yet_loses_no_output(vm: Env, fabric: FakeFabric) -> None:
     """statemachine.launch leaves by os._exit after flushing: the log lines, the exit code and the record
     must all be there, for a run, a later boot, a usage error and --status (each piped, so buffered)."""
@@ -297,6 +271,6 @@ def test_the_console_script_exits_without_teardown_yet_loses_no_output(vm: Env, 
     assert len(fabric.ready_reports()) == 1
     status = launch("--config", str(vm.config_path), "--status", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "done", status
-    assert launch("--config", str(vm.config_path)).returncode == 0  # the later-boot fast path
+    assert launch("--config", str(vm.config_path)).returncode == 0  # a later boot
     usage = launch("--config", str(vm.config_path), "--wait")
     assert usage.returncode == 64 and "usage:" in usage.stderr, usage

@@ -96,7 +96,7 @@ def test_utf16_with_bom_is_read() -> None:
     assert parse_goal_state(text.encode("utf-16")).incarnation == "4"
 
 
-def test_a_goal_state_is_reused_once_and_only_while_fresh() -> None:
+def test_a_goal_state_is_reused_while_fresh_and_forgotten_after_a_410() -> None:
     from statemachine.config import Config
     from statemachine.context import Context
     from states import goalstate
@@ -104,10 +104,12 @@ def test_a_goal_state_is_reused_once_and_only_while_fresh() -> None:
     now = [100.0]
     ctx = Context(Config(), clock=lambda: now[0])
     gs = GoalState("1", "c", "i")
-    ctx.last_goal_state = (100.0, gs)
+    ctx.run.goal_state = (100.0, gs)
     now[0] = 100.0 + goalstate.FRESH_S / 2
-    assert goalstate.take_fresh(ctx) == gs
-    assert goalstate.take_fresh(ctx) is None  # once: a retried or second POST fetches anew
-    ctx.last_goal_state = (100.0, gs)
+    assert goalstate.recent(ctx) == gs
+    assert goalstate.recent(ctx) == gs  # a POST retried under throttling reuses it
+    goalstate.forget(ctx)  # 410: the goal state changed
+    assert goalstate.recent(ctx) is None
+    ctx.run.goal_state = (100.0, gs)
     now[0] = 100.0 + goalstate.FRESH_S * 2
-    assert goalstate.take_fresh(ctx) is None
+    assert goalstate.recent(ctx) is None

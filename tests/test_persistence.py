@@ -27,7 +27,7 @@ records = st.builds(
     Record,
     state=st.sampled_from(list(Phase)),
     vm_id=opt_text, vm_id_source=opt_text, incarnation=opt_text, container_id=opt_text, instance_id=opt_text,
-    boot_attempts=st.integers(0, 100), attempts=st.integers(0, 10**6),
+    boot_attempts=st.integers(0, 100), runs=st.integers(0, 100), attempts=st.integers(0, 10**6),
     reported_ready_at=opt_text, failure_reported_at=opt_text,
     history=st.lists(entry, max_size=5).map(tuple),
     last_error=st.none() | entry,

@@ -126,6 +126,7 @@ def test_dry_run_changes_nothing_and_posts_nothing(full: Env, fabric: FakeFabric
                                 "why": "IMDS osProfile.computerName"}
 
 
+@pytest.mark.slow  # a second dry run through the same CLI path
 def test_dry_run_after_provisioning_has_nothing_to_do(full: Env) -> None:
     assert full.run().returncode == 0
     out = full.run("--dry-run")

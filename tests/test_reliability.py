@@ -29,8 +29,8 @@ from scenarios import (
 
 from statemachine import persistence
 
-QUICK_CRASHES = {"reporting.after_post:kill", "persist.before_rename:exit@4", "goalstate.after_work:kill",
-                 "configuring.before_work:exit"}
+# The rest run in-process in tests/test_lifecycle_stateful.py on every `make test`.
+QUICK_CRASHES = {"reporting.after_post:kill", "persist.before_rename:exit@4"}
 # The save that records the Ready is the 4th of a run (start, →goalstate, →reporting, →configuring).
 READY_SAVE = 4
 # Where a crash falls between the WireServer's 200 and the record saying so: a second Ready is expected.
@@ -68,6 +68,7 @@ def test_the_duplicate_window_really_duplicates(tmp_path: Path) -> None:
     assert result.ready == 2 and result.duplicate_allowed
 
 
+@pytest.mark.slow  # tests/test_runner.py counts the saves of a run in-process
 def test_matrix_covers_every_save_of_a_run(tmp_path: Path) -> None:
     """SAVES_IN_A_RUN must match reality, or the persist crash points miss the later saves."""
     result = run_crash(Crash("persist.before_write", "exit", SAVES_IN_A_RUN + 1), tmp_path)
@@ -76,7 +77,8 @@ def test_matrix_covers_every_save_of_a_run(tmp_path: Path) -> None:
     assert result.detail["first_rc"] == 137
 
 
-@pytest.mark.parametrize("phase", ["network_wait", "goalstate", "reporting",
+@pytest.mark.parametrize("phase", [pytest.param("network_wait", marks=pytest.mark.slow),
+                                   pytest.param("goalstate", marks=pytest.mark.slow), "reporting",
                                    pytest.param("configuring", marks=pytest.mark.slow)])
 def test_sigterm_in_each_state_persists_logs_and_resumes(phase: str, tmp_path: Path) -> None:
     result = run_sigterm(phase, tmp_path)
@@ -91,9 +93,9 @@ def test_sigterm_in_each_state_persists_logs_and_resumes(phase: str, tmp_path: P
     assert "action='resume'" in result.output
 
 
-QUICK_FAULTS = {"goalstate: 503 storm, Retry-After", "health: 410 + incarnation bump", "imds: 404 for a while",
-                "goalstate: malformed body", "health: connection reset", "goalstate: XXE document once",
-                "dead proxy in the environment"}
+# The 410 and XXE cases also run end to end in test_cli.py and test_hostile.py on every `make test`.
+QUICK_FAULTS = {"goalstate: 503 storm, Retry-After", "imds: 404 for a while", "goalstate: malformed body",
+                "health: connection reset", "dead proxy in the environment"}
 
 
 def _fault_param(fault: Fault) -> pytest.param:  # type: ignore[valid-type]
@@ -143,8 +145,8 @@ def test_raise_failpoint_counts_hits(monkeypatch: pytest.MonkeyPatch) -> None:
     failpoints.failpoint("p")  # only the N-th hit fires
 
 
-@pytest.mark.parametrize("point", ["fail.before_report", "fail.after_report"])
-@pytest.mark.parametrize("action", ["kill", "exit"])
+@pytest.mark.parametrize("point", ["fail.before_report", pytest.param("fail.after_report", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("action", ["kill", pytest.param("exit", marks=pytest.mark.slow)])
 def test_crash_on_the_failure_path_then_reboot_ends_ready(point: str, action: str, tmp_path: Path) -> None:
     """IMDS fails past its budget, the agent dies around the ProvisioningFailed POST; IMDS then heals. The
     next boot must finish, and the last word the platform heard for this incarnation must be Ready."""

@@ -1,4 +1,4 @@
-"""The one retry policy: delays, Retry-After, and the budget-bounded loop the dry run and failure report use."""
+"""The one retry loop and its paces: delays, Retry-After, and the budget-bounded loop every wait goes through."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine import retry
-from statemachine.errors import AgentError, FabricError
+from statemachine.errors import AgentError, FabricError, GoneError, NoRouteError, NotListeningError
 
 
 class Clock:
@@ -29,9 +29,14 @@ def test_delays_grow_to_the_cap_with_jitter_never_below_half() -> None:
     assert policy.delay(3, rand=lambda: 1.0) == pytest.approx(0.4)
 
 
-def test_retry_after_is_honoured_exactly_but_capped() -> None:
-    assert retry.WIRESERVER.delay(1, retry_after=1.0) == 1.0
+def test_retry_after_is_a_floor_with_jitter_growing_to_half_of_it() -> None:
+    assert retry.WIRESERVER.delay(1, retry_after=1.0, rand=lambda: 1.0) == 1.0  # one throttled VM: no delay
+    assert retry.WIRESERVER.delay(2, retry_after=1.0, rand=lambda: 0.0) == 1.0
+    assert retry.WIRESERVER.delay(4, retry_after=1.0, rand=lambda: 1.0) == pytest.approx(1.5)
+    assert retry.WIRESERVER.delay(10**9, retry_after=2.0, rand=lambda: 1.0) == pytest.approx(3.0)
     assert retry.WIRESERVER.delay(1, retry_after=10_000) == retry.MAX_RETRY_AFTER
+    # 503 with Retry-After: 1 three times in a row adds at most half a second to a single VM's Ready.
+    assert sum(retry.WIRESERVER.delay(n, retry_after=1.0, rand=lambda: 1.0) for n in (1, 2, 3)) <= 3.5
     assert retry.parse_retry_after(" 2 ") == 2.0
     assert retry.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert retry.parse_retry_after("-1") is None
@@ -103,13 +108,13 @@ huge_attempts = st.integers(0, 10**9)
 
 @given(huge_attempts)
 def test_backoff_never_overflows_for_any_attempt_count(attempt: int) -> None:
-    from states.network_wait import MAX_POLL, poll_delay
-
-    for policy in (retry.WIRESERVER, retry.IMDS, retry.RetryPolicy(initial=0.001, multiplier=1.01, cap=5.0)):
-        assert 0 < policy.delay(attempt, rand=lambda: 1.0) <= policy.cap
-        assert 0 < policy.delay(attempt, rand=lambda: 0.0) <= policy.cap
+    for policy in (*retry.PACES.values(), retry.RetryPolicy(initial=0.001, multiplier=1.01, cap=5.0)):
+        assert 0 <= policy.delay(attempt, rand=lambda: 1.0) <= policy.cap
+        assert 0 <= policy.delay(attempt, rand=lambda: 0.0) <= policy.cap
         assert (retry.wait_before_retry(policy, attempt, None, 10.0, rand=lambda: 0.5) or 0) <= policy.cap
-    assert 0 < poll_delay(attempt) <= MAX_POLL
+        for error in (NoRouteError("x"), NotListeningError("x"), GoneError("x"), FabricError("x", retryable=True)):
+            assert 0 <= retry.backoff(error, attempt, policy, rand=lambda: 1.0) <= retry.PACES.get(
+                error.pace, policy).cap
 
 
 @given(st.floats(1e-4, 10), st.floats(1.0, 4.0), st.floats(1e-3, 100), huge_attempts)
@@ -119,3 +124,40 @@ def test_capped_exponential_is_the_capped_power(initial: float, multiplier: floa
     assert value <= cap
     if step <= 40:  # small enough to compute directly: the same figure as the naive formula
         assert value == pytest.approx(min(cap, initial * multiplier**step), rel=1e-9)
+
+
+def test_the_paces_match_what_each_failure_costs() -> None:
+    """No route: tight polling (Ready right behind the lease). Refused: full jitter up to a second (at most
+    ~10 connects/s on average once backed off, back within 1.5 s). IMDS: never before 100 ms, jittered.
+    410: at once for the first few rounds."""
+    tight = [retry.backoff(NoRouteError("x"), n, retry.WIRESERVER, rand=lambda: 1.0) for n in range(1, 10_000)]
+    assert max(tight) <= 0.005
+    capped = retry.backoff(NotListeningError("x"), 10**6, retry.WIRESERVER, rand=lambda: 1.0)
+    assert capped <= 1.0 and retry.backoff(NotListeningError("x"), 10**6, retry.WIRESERVER, rand=lambda: 0.0) == 0.0
+    clock = Clock()
+    for n in range(1, 200):  # a refusing fabric: expected waits once past the first two seconds
+        clock.now += retry.backoff(NotListeningError("x"), n, retry.WIRESERVER, rand=lambda: 0.5)
+    assert clock.now > 2.0 and 199 / clock.now < 10
+    assert all(retry.IMDS.delay(n, rand=lambda: 0.0) >= 0.1 for n in (1, 2, 3))
+    assert retry.IMDS.delay(1, rand=lambda: 0.3) != retry.IMDS.delay(1, rand=lambda: 0.7)  # full jitter
+    assert [retry.backoff(GoneError("x"), n, retry.WIRESERVER) for n in range(1, 6)] == [0.0] * 5
+    assert retry.backoff(GoneError("x"), 6, retry.WIRESERVER) > 0
+
+
+def test_single_vm_budgets_for_5xx_and_410() -> None:
+    """500 three times: Ready within 1.5 s. 410 three times: within 0.5 s (no waits at all)."""
+    worst = sum(retry.backoff(FabricError("x", retryable=True), n, retry.WIRESERVER, rand=lambda: 1.0)
+                for n in (1, 2, 3))
+    assert worst <= 1.0
+    assert sum(retry.backoff(GoneError("x"), n, retry.WIRESERVER) for n in (1, 2, 3)) == 0.0
+
+
+def test_until_deadline_reports_each_retry_before_sleeping() -> None:
+    clock, seen = Clock(), []
+
+    def call() -> None:
+        raise NoRouteError("no route")
+
+    with pytest.raises(NoRouteError):
+        retry.until_deadline(call, retry.WIRESERVER, 1.0, clock, clock.sleep, lambda e, d: seen.append(d))
+    assert seen == clock.slept and len(seen) > 100  # ~200 polls a second, none saved by the loop itself
