@@ -26,7 +26,7 @@ from typing import Any
 
 from statemachine import config, persistence
 from statemachine import log as logsetup
-from statemachine.errors import EX_CONFIG, EX_TEMPFAIL, AgentError, ConfigError, LockError, StateFileError, Terminated
+from statemachine.errors import EX_CONFIG, EX_TEMPFAIL, AgentError, ConfigError, LockError, Terminated
 from statemachine.log import fields
 
 log = logging.getLogger("azprov")
