@@ -50,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.status:  # status still finds the record, with what is valid
             cfg, problems = config.load_valid(args.config)
             return status(cfg, args, problems[0] if problems else e)
-        return exit_code(e)
+        if args.dry_run or args.command is not None:
+            return exit_code(e)
+        return report_config_error(args.config, e)
     logsetup.setup(cfg.log.level)
     if args.status:
         return status(cfg, args)
@@ -148,15 +150,31 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
-def run(cfg: config.Config) -> int:
+def report_config_error(explicit: Path | None, error: ConfigError) -> int:
+    """A boot whose config cannot be loaded still tells the platform why, so the portal shows the broken
+    file and key at once instead of a provisioning timeout forty minutes later. The fabric is reached with
+    what the layers say validly (the built-in values where none does); the run itself is an ordinary one
+    whose every step after the network wait fails with `error`, so the record, the boot attempt, KVP and
+    the ProvisioningFailed report all go the way any other failure goes. A VM already provisioned is left
+    alone. Exit 78 either way: the config still needs fixing."""
+    cfg, _ = config.load_valid(explicit)
+    logsetup.setup(cfg.log.level)
+    log.error("configuration error; reporting it to the platform unless this VM is provisioned",
+              extra={"fields": error.supporting_data})
+    code = run(cfg, failing=error)
+    return EX_CONFIG if code in (0, 1) else code
+
+
+def run(cfg: config.Config, failing: AgentError | None = None) -> int:
     from statemachine import runner
     from statemachine.context import Context
     from statemachine.phase import Phase
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    steps = runner.failing_steps(failing) if failing is not None else None
     try:
-        return 0 if runner.run(Context(cfg, sleep=sleep)) is Phase.DONE else 1
+        return 0 if runner.run(Context(cfg, sleep=sleep), steps) is Phase.DONE else 1
     except Terminated as t:
         if not t.logged:  # before the runner started: waiting on the lock, reading the record
             log.warning("terminated before provisioning started; nothing to resume", extra=fields(signal=t.signum))

@@ -35,7 +35,7 @@ Step = Callable[[Context, Record], Outcome]
 FailureReporter = Callable[[Context, Record, AgentError], bool]
 T = TypeVar("T")
 
-__all__ = ["Runner", "Store", "run", "within_budget"]
+__all__ = ["Runner", "Store", "failing_steps", "run", "within_budget"]
 
 
 def within_budget(ctx: Context, deadline: float, policy: retry.RetryPolicy, call: Callable[[], T],
@@ -213,6 +213,16 @@ class Runner:
 
 def default_steps() -> dict[Phase, Step]:
     return {phase: importlib.import_module(spec.step).step for phase, spec in PHASES.items()}
+
+
+def failing_steps(error: AgentError) -> dict[Phase, Step]:
+    """The steps of a run that can only fail with `error` (a broken config): wait for the network as
+    usual, so that there is a fabric to tell, then fail in whatever phase the record stands."""
+    def fail(ctx: Context, record: Record) -> Outcome:
+        raise error
+
+    wait = importlib.import_module(PHASES[Phase.NETWORK_WAIT].step).step
+    return {phase: wait if phase is Phase.NETWORK_WAIT else fail for phase in PHASES}
 
 
 def run(ctx: Context, steps: Mapping[Phase, Step] | None = None,
