@@ -307,7 +307,10 @@ def test_bad_config_exits_78_naming_the_key_or_line(vm: Env, fabric: FakeFabric,
     assert out.returncode == 78, out.stdout + out.stderr
     assert named in out.stderr and str(vm.config_path) in out.stderr
     assert "Traceback" not in out.stdout + out.stderr
-    assert not fabric.log and not vm.state_dir.exists()  # never started half-configured
+    # Never provisions half-configured, but tells the platform why: one ProvisioningFailed, no Ready.
+    assert not fabric.ready_reports()
+    [failure] = fabric.failure_reports()
+    assert named in failure["description"]
 
 
 @pytest.mark.parametrize("entry", ["statemachine.cli", "statemachine.launch"])  # launch: the console script
@@ -326,7 +329,7 @@ def test_unreadable_config_exits_78(vm: Env, fabric: FakeFabric, kind: str, entr
     argv = [*vm.argv()[:2], entry, "--config", str(path)]
     out = subprocess.run(argv, env=vm.env(), capture_output=True, text=True, timeout=10, cwd=REPO)
     assert out.returncode == 78 and str(path) in out.stderr, out.stdout + out.stderr
-    assert not fabric.log
+    assert not fabric.ready_reports() and len(fabric.failure_reports()) == 1
 
 
 def test_unreadable_system_drop_in_exits_78(vm: Env, fabric: FakeFabric) -> None:

@@ -156,8 +156,11 @@ def test_plan_start_decisions() -> None:
     assert plan_start(failed, "a", 3, NOW) == ("give_up", failed)
     action, record = plan_start(failed._replace(boot_attempts=1), "a", 3, NOW)
     assert action == "retry_failed" and record.state is Phase.FAILED and record.runs == 2
-    action, record = plan_start(Record(state=Phase.REPORTING, vm_id=None), "a", 3, NOW)
+    action, record = plan_start(Record(state=Phase.REPORTING, vm_id="a"), "a", 3, NOW)
     assert action == "resume" and record.vm_id == "a" and record.history[-1]["event"] == "resumed"
+    # A record that names no VM proves nothing about this one: provision afresh.
+    assert plan_start(Record(state=Phase.REPORTING, vm_id=None), "a", 3, NOW)[0] == "new_vm"
+    assert plan_start(Record(state=Phase.DONE, vm_id=None), "a", 3, NOW)[0] == "new_vm"
 
 
 def test_the_retry_transition_starts_a_new_boot_attempt() -> None:
