@@ -71,7 +71,7 @@ def with_retry_after(retry_after: float, attempt: int, rand: Callable[[], float]
     floor = min(retry_after, MAX_RETRY_AFTER)
     steps = min(max(attempt, 1), RETRY_AFTER_SPREAD_FROM) - 1
     spread = RETRY_AFTER_JITTER * steps / (RETRY_AFTER_SPREAD_FROM - 1)
-    return floor + rand() * spread * floor
+    return min(MAX_RETRY_AFTER, floor + rand() * spread * floor)
 
 
 WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)  # 5xx three times: Ready within ~1 s
