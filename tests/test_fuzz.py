@@ -309,7 +309,6 @@ def test_kvp_pool_bytes_always_decode(data: bytes) -> None:
 @given(st.lists(st.tuples(st.text(max_size=20), st.text(max_size=40)), max_size=6))
 def test_report_fields_round_trip(items: list[tuple[str, str]]) -> None:
     from statemachine import health as report
-
     from statemachine.text import representable
 
     decoded = report.decode_fields(report.encode_fields(items))
