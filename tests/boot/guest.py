@@ -28,6 +28,8 @@ SUITE = "bookworm"
 PACKAGES = (
     "systemd-sysv", "systemd", "udev", "dbus", "python3", "python3-venv", "linux-image-amd64",
     "initramfs-tools", "iproute2", "curl", "ca-certificates", "openssh-server", "sudo",
+    # The second network manager the hostname-publishing check boots with (networkd is the default one).
+    "ifupdown", "isc-dhcp-client",
 )
 # Only what the guest needs to find its root disk and network; a small initrd unpacks faster under TCG.
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic")
@@ -111,6 +113,8 @@ def _configure_base(base: Path, log: Path) -> None:
     conf.write_text("MODULES=list\nCOMPRESS=gzip\n")
     (base / "etc/initramfs-tools/modules").write_text("\n".join(INITRD_MODULES) + "\n")
     run(["chroot", str(base), "systemctl", "enable", "systemd-networkd.service"], log=log)
+    # ifupdown is there for one variant only: the usual image leaves the network to networkd alone.
+    run(["chroot", str(base), "systemctl", "disable", "networking.service"], log=log)
     # No getty on the serial console: nobody logs in, and it would only add noise to the log.
     run(["chroot", str(base), "systemctl", "mask", "serial-getty@ttyS0.service", "getty@tty1.service"], log=log)
     run(["chroot", str(base), "update-initramfs", "-u", "-k", "all"], log=log)
