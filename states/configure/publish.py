@@ -146,14 +146,20 @@ def probe(sysroot: Path = Path("/")) -> Link | None:
 
 
 def run_command(cmd: Sequence[str], timeout: float) -> Result:
+    """Run one command in its own process group, which is killed whole when the timeout passes (a child
+    left holding the output pipe would otherwise keep the step waiting)."""
     try:
-        done = subprocess.run(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return Result(124, f"no answer within {timeout:.0f} s")
+        proc = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     except OSError as e:
         return Result(127, e.strerror or str(e))
-    return Result(done.returncode, done.stdout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return Result(124, f"no answer within {timeout:g} s")
+    return Result(proc.returncode, out)
 
 
 def publish(name: str, sysroot: Path = Path("/"), run: Runner = run_command,
