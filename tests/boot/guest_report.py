@@ -67,6 +67,18 @@ def timings() -> dict[str, Any]:
     return out
 
 
+def settle_network(limit: float = 20.0) -> float:
+    """Wait until a global IPv4 address is present again and the DHCP exchange a publish started has had
+    time to finish, so the capture and `ip monitor` see it before the power-off. Seconds waited."""
+    start = time.monotonic()
+    time.sleep(2.0)
+    while time.monotonic() - start < limit:
+        if "inet " in sh("ip", "-4", "-o", "addr", "show", "scope", "global")[1]:
+            break
+        time.sleep(0.2)
+    return round(time.monotonic() - start, 2)
+
+
 def dbus_machine_id() -> dict[str, str] | None:
     """systemd seeds a first boot's machine id from this file when it is a regular file (not a symlink)."""
     path = "/var/lib/dbus/machine-id"
@@ -110,8 +122,14 @@ def main() -> None:
         cmdline = f.read().strip()
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
+    settled = settle_network()
     report = {
         "unit": unit,
+        "network_settle_s": settled,
+        "ipmon": sh("journalctl", "-b", "-u", "azprov-boot-ipmon", "-o", "short-monotonic", "--no-pager")[1],
+        "network_journal": sh("journalctl", "-b", "-u", "systemd-networkd", "-u", "networking", "-u",
+                              "azprov-dhclient-*", "-o", "short-monotonic", "--no-pager")[1],
+        "addresses": sh("ip", "-4", "-o", "addr", "show")[1],
         "cmdline": cmdline,
         "uptime_at_report": uptime,
         "hostname": socket.gethostname(),

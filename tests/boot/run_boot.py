@@ -44,6 +44,7 @@ REPO = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(REPO / "tests"), str(REPO)]
 
 import guest  # noqa: E402
+import pcap  # noqa: E402
 import seed  # noqa: E402
 from fakefabric import FakeFabric  # noqa: E402
 
@@ -59,7 +60,7 @@ IMDS = "169.254.169.254"  # guestfwd target inside the guest only
 CMDLINE = "root=/dev/vda rw console=ttyS0 quiet"
 REPORT_UNIT = """[Unit]
 Description=boot test only: report {unit}'s outcome, then power off
-After={unit} systemd-networkd.service
+After={unit} systemd-networkd.service networking.service
 
 [Service]
 Type=oneshot
@@ -67,6 +68,31 @@ ExecStart=/usr/bin/python3 /usr/local/lib/azprov-boot/guest_report.py {unit}
 
 [Install]
 WantedBy=multi-user.target
+"""
+
+
+# Logs every IPv4 address change from before the network starts: the hostname must be published without the
+# address ever being removed (no interface bounce). Ordered before the network, it is a test-only observer.
+IPMON_UNIT = """[Unit]
+Description=boot test only: log IPv4 address changes
+DefaultDependencies=no
+After=systemd-journald.socket
+Before=network-pre.target systemd-networkd.service networking.service
+Wants=network-pre.target
+
+[Service]
+ExecStart=/usr/bin/ip -4 -timestamp monitor address
+
+[Install]
+WantedBy=sysinit.target
+"""
+# The second network manager: ifupdown + dhclient on eth0 (net.ifnames=0 on the kernel command line).
+IFUPDOWN_CMDLINE = "net.ifnames=0"
+INTERFACES = """auto lo
+iface lo inet loopback
+
+auto eth0
+iface eth0 inet dhcp
 """
 
 
@@ -140,6 +166,8 @@ class Boot:
     name: str
     serial: Path
     started: float
+    capture: Path | None = None
+    started_wall: float = 0.0  # time.time() at QEMU start: the capture's time stamps use the host's wall clock
     ended: float = 0.0
     killed: bool = False
     fabric_entries: list[dict[str, Any]] = field(default_factory=list)
@@ -156,6 +184,12 @@ class Boot:
     def first_contact(self) -> float | None:
         return min((float(e["t"]) - self.started for e in self.fabric_entries), default=None)
 
+    def dhcp(self) -> list[pcap.Dhcp]:
+        """The guest's DHCP messages, from the capture of its NIC."""
+        if self.capture is None or not self.capture.exists():
+            return []
+        return pcap.dhcp_messages(self.capture.read_bytes())
+
 
 @dataclass
 class Machine:
@@ -170,6 +204,7 @@ class Machine:
              cut_when: Callable[[float], bool] | None = None, cut_after: float = 1.0) -> Boot:
         """Boot until the guest powers off, or power it off hard once `cut_when(start)` holds."""
         serial = self.work / f"{name}.serial.log"
+        capture = self.work / f"{name}.pcap"
         relay = f"{sys.executable} {RELAY} {fabric.port}".replace(",", ",,")
         netdev = ("user,id=n0,restrict=on,ipv6=off,net=168.0.0.0/7,"
                   f"guestfwd=tcp:{WIRESERVER}:80-cmd:{relay},guestfwd=tcp:{IMDS}:80-cmd:{relay}")
@@ -179,12 +214,13 @@ class Machine:
                "-append", f"{CMDLINE} {extra_cmdline}".strip(),
                "-drive", f"file={self.disk},format=raw,if=virtio",
                "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
+               "-object", f"filter-dump,id=dump0,netdev=n0,file={capture}",
                "-device", "virtio-rng-pci", "-serial", f"file:{serial}"]
         first_entry = len(fabric.log)
         qemu_log = (self.work / f"{name}.qemu.log").open("w")
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         proc = subprocess.Popen(cmd, stdout=qemu_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        boot = Boot(name=name, serial=serial, started=started)
+        boot = Boot(name=name, serial=serial, started=started, capture=capture, started_wall=started_wall)
         load_start = os.getloadavg()[0]
         try:
             while proc.poll() is None:
@@ -272,7 +308,7 @@ steps = ["hostname", "user", "ssh_keys"]
 
 
 def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False,
-                 full: bool = False) -> dict[str, Path]:
+                 full: bool = False, managers: bool = False) -> dict[str, Path]:
     """The azprov image and its variants (unhardened, full provisioning) and the seed-unit image: disks made
     from the cached base, azprov installed as users do; each variant is the same tree plus one file."""
     base = guest.build_base(CACHE, log)
@@ -296,6 +332,9 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         conf.mkdir(parents=True, exist_ok=True)
         (conf / "50-boot-test.toml").write_text(FULL_CONFIG)
         images["azprov-full"] = guest.make_disk(rootfs, work / "image-azprov-full.img")
+        (conf / "50-boot-test.toml").unlink()
+    if managers:
+        images.update(manager_variants(rootfs, work, log))
     if with_seed:
         script, unit = seed.load()
         seed.install(rootfs_seed := guest.prepare_rootfs(base, work / "rootfs-seed"), script, unit)
@@ -307,12 +346,35 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
     return images
 
 
+def manager_variants(rootfs: Path, work: Path, log: Path) -> dict[str, Path]:
+    """The azprov image with another network setup, for hostname publishing: ifupdown + dhclient instead of
+    networkd; networkd without a system bus (dbus masked). Each change is undone after its disk is made."""
+    out: dict[str, Path] = {}
+    systemctl = ["systemctl", f"--root={rootfs}"]
+    interfaces = rootfs / "etc/network/interfaces"
+    saved = interfaces.read_text() if interfaces.exists() else None
+    guest.run([*systemctl, "disable", "systemd-networkd.service", "systemd-networkd.socket"], log=log)
+    guest.run([*systemctl, "enable", "networking.service"], log=log)
+    interfaces.write_text(INTERFACES)
+    out["azprov-dhclient"] = guest.make_disk(rootfs, work / "image-azprov-dhclient.img")
+    guest.run([*systemctl, "disable", "networking.service"], log=log)
+    guest.run([*systemctl, "enable", "systemd-networkd.service"], log=log)
+    if saved is not None:
+        interfaces.write_text(saved)
+    guest.run([*systemctl, "mask", "dbus.service", "dbus.socket"], log=log)
+    out["azprov-nodbus"] = guest.make_disk(rootfs, work / "image-azprov-nodbus.img")
+    guest.run([*systemctl, "unmask", "dbus.service", "dbus.socket"], log=log)
+    return out
+
+
 def add_report_unit(rootfs: Path, unit: str, log: Path) -> None:
     target = rootfs / "usr/local/lib/azprov-boot"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "guest_report.py", target / "guest_report.py")
     (rootfs / "etc/systemd/system/azprov-boot-report.service").write_text(REPORT_UNIT.format(unit=unit))
-    guest.run(["systemctl", f"--root={rootfs}", "enable", "azprov-boot-report.service"], log=log)
+    (rootfs / "etc/systemd/system/azprov-boot-ipmon.service").write_text(IPMON_UNIT)
+    guest.run(["systemctl", f"--root={rootfs}", "enable", "azprov-boot-report.service",
+               "azprov-boot-ipmon.service"], log=log)
 
 
 def copy_disk(src: Path, dest: Path) -> Path:
@@ -349,6 +411,35 @@ def expect_provisioned(boot: Boot, hostname: str, vm_id: str) -> dict[str, Any]:
     return status
 
 
+def address_removals(boot: Boot) -> list[str]:
+    """`ip monitor` lines in the guest that removed an IPv4 address (the interface bounced)."""
+    lines = ((boot.report or {}).get("ipmon") or "").splitlines()
+    return [line for line in lines if "Deleted" in line and " inet " in line]
+
+
+def published(boot: Boot, hostname: str) -> tuple[list[pcap.Dhcp], list[pcap.Dhcp]]:
+    """(all DHCP REQUESTs seen, those that carry `hostname` in option 12 or 81)."""
+    requests = [m for m in boot.dhcp() if m.kind == "REQUEST"]
+    return requests, [m for m in requests if hostname in m.names() or any(
+        n.split(".")[0] == hostname for n in m.names())]
+
+
+def expect_published(boot: Boot, hostname: str, notes: dict[str, Any]) -> None:
+    """After provisioning, a DHCP REQUEST carried the new name, and the IPv4 address was never removed."""
+    requests, carrying = published(boot, hostname)
+    notes["dhcp"] = [(round(m.t - boot.started_wall, 2), m.kind, "/".join(m.names()) or "-") for m in boot.dhcp()]
+    notes["address_removed"] = address_removals(boot)
+    status = status_of(boot)
+    notes["publish_step"] = status.get("steps", {}).get("publish")
+    check(bool(carrying), f"{boot.name}: no DHCP REQUEST carried option 12/81 = {hostname}",
+          [(m.kind, m.names()) for m in requests])
+    ready = boot.ready_at()
+    check(ready is not None and carrying[-1].t - boot.started_wall > ready,
+          f"{boot.name}: the REQUEST with the new name came before provisioning", notes["dhcp"])
+    check(not notes["address_removed"], f"{boot.name}: the IPv4 address was removed (interface bounce)",
+          notes["address_removed"])
+
+
 def _routes(boot: Boot) -> list[tuple[str, Any]]:
     return [(e["route"], e.get("status")) for e in boot.fabric_entries]
 
@@ -378,6 +469,7 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
         expect_ssh_after(b1)
         check(len([e for e in b1.fabric_entries if e.get("health_state") == "Ready"]) == 1,
               "first boot: exactly one Ready POST", _routes(b1))
+        expect_published(b1, "web-01", s1.notes)
     run_checks(s1, first_checks)
 
     with WatchedFabric(computer_name="web-01", vm_id=vm_id_for(vm1)) as fab:
@@ -397,7 +489,11 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
         b4 = m.boot("4-new-vm", fab, vm2)
     s4 = Scenario("new VM from the same disk (-uuid changed)", [b4])
     out.append(s4)
-    run_checks(s4, lambda: expect_provisioned(b4, "web-02", vm_id_for(vm2)))
+
+    def new_vm_checks() -> None:
+        expect_provisioned(b4, "web-02", vm_id_for(vm2))
+        expect_published(b4, "web-02", s4.notes)
+    run_checks(s4, new_vm_checks)
 
     # 7: the image builder's workflow: `azprov clean --machine-id` on the provisioned VM, "capture", and a VM
     # from that image (same SMBIOS UUID here, so only the clean can make it provision again).
@@ -537,6 +633,45 @@ def expect_provisioned_after_cut(b1: Boot, b2: Boot, held: str, vm_id: str) -> d
     return status
 
 
+def publish_dhclient(image: Path, m: Machine) -> Scenario:
+    """Hostname publishing with ifupdown + dhclient: dhclient is restarted as it was, its INIT-REBOOT REQUEST
+    carries the new name, and the address stays."""
+    vm = str(uuid.uuid4())
+    with WatchedFabric(computer_name="web-dhc", vm_id=vm_id_for(vm)) as fab:
+        b = m.boot("8-publish-dhclient", fab, vm, extra_cmdline=IFUPDOWN_CMDLINE)
+    s = Scenario("hostname published with ifupdown + dhclient", [b])
+
+    def checks() -> None:
+        expect_provisioned(b, "web-dhc", vm_id_for(vm))
+        expect_published(b, "web-dhc", s.notes)
+        check((s.notes.get("publish_step") or {}).get("status") == "done", "dhclient: publish step", s.notes)
+    run_checks(s, checks)
+    return s
+
+
+def publish_no_dbus(image: Path, m: Machine) -> Scenario:
+    """networkd without a system bus: networkctl cannot reach networkd, so the publish step is a recoverable
+    error shown by --status, and provisioning still ends done."""
+    vm = str(uuid.uuid4())
+    with WatchedFabric(computer_name="web-nobus", vm_id=vm_id_for(vm)) as fab:
+        b = m.boot("9-publish-no-dbus", fab, vm)
+    s = Scenario("networkd without D-Bus: publishing is best effort", [b])
+
+    def checks() -> None:
+        status = expect_provisioned(b, "web-nobus", vm_id_for(vm))
+        step = status.get("steps", {}).get("publish") or {}
+        s.notes["publish_step"] = step
+        s.notes["recoverable_errors"] = status.get("recoverable_errors")
+        s.notes["dhcp"] = [(round(x.t - b.started_wall, 2), x.kind, "/".join(x.names()) or "-") for x in b.dhcp()]
+        s.notes["address_removed"] = address_removals(b)
+        check(step.get("status") == "recoverable_error", "no-dbus: publish should be a recoverable error", step)
+        check(any(e.get("step") == "publish" for e in status.get("recoverable_errors", [])),
+              "no-dbus: --status does not list the publish error", status.get("recoverable_errors"))
+        check(not s.notes["address_removed"], "no-dbus: address removed", s.notes["address_removed"])
+    run_checks(s, checks)
+    return s
+
+
 def opt_out(image: Path, m: Machine) -> Scenario:
     """Scenario 5: azprov=disabled on the kernel command line: the unit is skipped, the fabric never hears."""
     vm = str(uuid.uuid4())
@@ -629,11 +764,16 @@ def boot_doc(b: Boot) -> dict[str, Any]:
             "unit_done_guest_s": done,
             "unit": {k: props.get(k) for k in ("ActiveState", "SubState", "Result", "ConditionResult")},
             "host_load_1min": list(b.host_load), "timings_warm": report.get("timings_warm"),
-            "guest_timeline_s": guest_timeline(report.get("journal") or "")}
+            "guest_timeline_s": guest_timeline((report.get("journal") or "") + "\n"
+                                               + (report.get("network_journal") or "")),
+            "dhcp": [(round(m.t - b.started_wall, 2), m.kind, "/".join(m.names()) or "-") for m in b.dhcp()],
+            "address_removed": address_removals(b)}
 
 
 # Journal messages that mark azprov's progress (its log lines; the unit's start/finish come from systemd).
 MILESTONES = {"unit starting": "Starting ", "azprov running": "azprov: starting",
+              "lease (networkd)": "DHCPv4 address", "lease (dhclient)": "bound to ",
+              "hostname published": "hostname published",
               "fast path (already provisioned)": "already provisioned", "wireserver reachable": "WireServer reachable",
               "goal state received": "goal state received", "ready reported": "reported Ready",
               "hostname set": "hostname set", "unit finished": "Finished "}
@@ -706,7 +846,8 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
-SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "full-provisioning", "compare")
+SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "full-provisioning", "publish-dhclient",
+             "publish-no-dbus", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -731,13 +872,17 @@ def main(argv: list[str] | None = None) -> int:
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
     images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
-                          unhardened=args.unhardened, full="full-provisioning" in chosen)
+                          unhardened=args.unhardened, full="full-provisioning" in chosen,
+                          managers=bool({"publish-dhclient", "publish-no-dbus"} & set(chosen)))
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
     scenarios: list[Scenario] = []
     runners: dict[str, Callable[[Path, Machine], Any]] = {
         "first-boot-chain": first_boot_chain, "power-cut": power_cut, "power-cut-imds": power_cut_imds,
-        "opt-out": opt_out, "full-provisioning": full_provisioning}
+        "opt-out": opt_out, "full-provisioning": full_provisioning, "publish-dhclient": publish_dhclient,
+        "publish-no-dbus": publish_no_dbus}
+    variant_of = {"full-provisioning": "azprov-full", "publish-dhclient": "azprov-dhclient",
+                  "publish-no-dbus": "azprov-nodbus"}
     for name in chosen:
         if name == "compare" and "seed" not in images:
             say(f"{name}: skipped (the seed document is not at {seed.SEED_DIR})")
@@ -748,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
                 variants = ("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
                 got = compare(images, work, kernel, args.repeat, variants)
             else:
-                image = images["azprov-full" if name == "full-provisioning" else "azprov"]
+                image = images[variant_of.get(name, "azprov")]
                 machine = Machine(disk=copy_disk(image, disk), kernel=kernel, work=work, accel=accel())
                 got = runners[name](disk, machine)
         except BootTestError as e:
