@@ -103,15 +103,31 @@ def test_publish_is_a_registered_step() -> None:
     assert "publish" in registry() and registry()["publish"] is publish
 
 
-def test_default_interface_from_the_route_table() -> None:
-    assert publish.default_interface(ROUTES) == "eth0"
-    assert publish.default_interface(ROUTES.replace("00000000\t0100A8C0", "0000FEA9\t0100A8C0")) is None
-    assert publish.default_interface("") is None
+def test_interface_towards_the_wireserver() -> None:
+    assert publish.route_interface(ROUTES) == "eth0"  # through the default route
+    # No default route, only an on-link /7 holding 168.63.129.16 (the boot test's slirp network).
+    on_link = ROUTES.splitlines()[0] + "\nens2\t000000A8\t00000000\t0001\t0\t0\t1024\t000000FE\t0\t0\t0\n"
+    assert publish.route_interface(on_link) == "ens2"
+    # The most specific route wins over the default; then the lowest metric.
+    host = "eth1\t10813FA8\t00000000\t0005\t0\t0\t500\tFFFFFFFF\t0\t0\t0\n"
+    assert publish.route_interface(ROUTES + host) == "eth1"
+    second_default = "eth2\t00000000\t0100A8C0\t0003\t0\t0\t50\t00000000\t0\t0\t0\n"
+    assert publish.route_interface(ROUTES + second_default) == "eth2"
+    assert publish.route_interface(ROUTES, "10.1.2.3") == "eth0"
+    assert publish.route_interface(ROUTES.splitlines()[0]) is None and publish.route_interface("") is None
+
+
+def test_wireserver_address_from_config() -> None:
+    assert publish.wireserver_address(Config()) == "168.63.129.16"
+    fab = Config().fabric._replace(wireserver_url="http://127.0.0.1:8080")
+    assert publish.wireserver_address(Config(fabric=fab)) == "127.0.0.1"
+    fab = Config().fabric._replace(wireserver_url="http://wireserver.example")
+    assert publish.wireserver_address(Config(fabric=fab)) == "168.63.129.16"
 
 
 @given(st.text())
 def test_route_table_parser_never_raises(text: str) -> None:
-    result = publish.default_interface(text)
+    result = publish.route_interface(text)
     assert result is None or result in text
 
 
@@ -205,7 +221,7 @@ def test_unknown_manager_and_no_route_are_recoverable(system: System) -> None:
     with pytest.raises(RecoverableError, match="no known network manager"):
         system.publish()
     system.write("proc/net/route", ROUTES.splitlines()[0] + "\n")
-    with pytest.raises(RecoverableError, match="no IPv4 default route"):
+    with pytest.raises(RecoverableError, match="no IPv4 route to the WireServer"):
         system.publish()
     assert system.calls() == []
 
@@ -224,7 +240,8 @@ def test_step_never_touches_the_network_with_a_relocated_root(system: System, tm
 def test_step_result_names_the_manager(system: System, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
 
-    def fake_publish(name: str) -> publish.Link:
+    def fake_publish(name: str, destination: str) -> publish.Link:
+        assert destination == "168.63.129.16"
         seen.append(name)
         return publish.Link("eth0", "networkd")
 

@@ -2,8 +2,9 @@
 
 Azure-provided DNS registers the name the VM sends in DHCP (option 12). The image's DHCP client sent the
 image's name at boot, before the hostname step ran, so the new name must go out in a new DHCP REQUEST. azprov
-runs no DHCP client of its own: it asks the network manager that holds the lease of the default route's
-interface, using that manager's own mechanism, never bouncing the interface (the IPv4 address stays):
+runs no DHCP client of its own: it asks the network manager that holds the lease of the interface that
+leads to the WireServer (also the VM's DHCP server), using that manager's own mechanism and never taking
+the interface down:
 
 - systemd-networkd: `networkctl reconfigure IFACE` (`renew` would resend the old name: networkd reads the
   hostname only when it configures the link). networkctl talks D-Bus; without a system bus it fails, and
@@ -21,6 +22,7 @@ with `paths.root` other than "/" it touches nothing. Every command has a timeout
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -29,6 +31,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from statemachine.config import Config
 from statemachine.context import Context
@@ -39,6 +42,7 @@ from states.configure import Change, Facts
 log = logging.getLogger(__name__)
 
 STEP = "publish"
+WIRESERVER = "168.63.129.16"
 COMMAND_TIMEOUT = 15.0  # seconds per command; a step runs at most two
 DBUS_SOCKET = "run/dbus/system_bus_socket"
 SYSTEMD_SOCKET = "run/systemd/private"  # systemd-run's way to PID 1 without D-Bus (root only)
@@ -52,7 +56,7 @@ class Result(NamedTuple):
 
 
 class Link(NamedTuple):
-    """What the running system shows about the interface that holds the default route."""
+    """What the running system shows about the interface that leads to the WireServer (the DHCP server)."""
 
     iface: str
     manager: str | None  # "networkd", "networkmanager", "dhclient" or None (nothing known manages it)
@@ -76,13 +80,31 @@ def ordered(config: Config, steps: Mapping[str, Mapping[str, Any]]) -> tuple[str
     return names[:at] + (STEP,) + names[at:]
 
 
-def default_interface(route_table: str) -> str | None:
-    """The interface of the first IPv4 default route in /proc/net/route's text, or None."""
+def route_interface(route_table: str, destination: str = WIRESERVER) -> str | None:
+    """The interface /proc/net/route's text sends `destination` through (longest prefix, then lowest
+    metric), or None. The WireServer is also the VM's DHCP server, so its route names the primary NIC, with
+    or without a default route."""
+    target = int(ipaddress.IPv4Address(destination))
+    best: tuple[int, int, str] | None = None
     for line in route_table.splitlines()[1:]:
         cols = line.split()
-        if len(cols) >= 8 and cols[1] == "00000000" and cols[7] == "00000000":
-            return cols[0]
-    return None
+        try:
+            dest, metric, mask = (_le32(cols[1]), int(cols[6]), _le32(cols[7]))
+        except (IndexError, ValueError):
+            continue
+        if target & mask != dest & mask:
+            continue
+        key = (bin(mask).count("1"), -metric, cols[0])
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+def _le32(hex_text: str) -> int:
+    """/proc/net/route's addresses: 8 hex digits of the address in host (little-endian) byte order."""
+    if len(hex_text) != 8:
+        raise ValueError(hex_text)
+    return int.from_bytes(bytes.fromhex(hex_text), "little")
 
 
 def networkd_manages(link_state: str) -> bool:
@@ -125,9 +147,10 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def probe(sysroot: Path = Path("/")) -> Link | None:
-    """The default route's interface and its manager, read from /proc, /sys and /run under `sysroot`."""
-    iface = default_interface(_read(sysroot / "proc/net/route") or "")
+def probe(sysroot: Path = Path("/"), destination: str = WIRESERVER) -> Link | None:
+    """The interface routing to `destination` and its manager, read from /proc, /sys and /run under
+    `sysroot`."""
+    iface = route_interface(_read(sysroot / "proc/net/route") or "", destination)
     if iface is None:
         return None
     index = (_read(sysroot / "sys/class/net" / iface / "ifindex") or "").strip()
@@ -164,11 +187,12 @@ def run_command(cmd: Sequence[str], timeout: float) -> Result:
 
 def publish(name: str, sysroot: Path = Path("/"), run: Runner = run_command,
             which: Callable[[str], str | None] = shutil.which,
-            kill: Callable[[int, int], None] = os.kill) -> Link:
-    """Ask the manager of the default route's interface to send `name`; RecoverableError when it cannot."""
-    link = probe(sysroot)
+            kill: Callable[[int, int], None] = os.kill, destination: str = WIRESERVER) -> Link:
+    """Ask the manager of the interface towards `destination` to send `name`; RecoverableError when it
+    cannot."""
+    link = probe(sysroot, destination)
     if link is None:
-        raise RecoverableError("hostname not published: no IPv4 default route")
+        raise RecoverableError("hostname not published: no IPv4 route to the WireServer", address=destination)
     if link.manager is None:
         raise RecoverableError("hostname not published: no known network manager holds the lease",
                                iface=link.iface, known="systemd-networkd, NetworkManager, ifupdown+dhclient")
@@ -208,6 +232,15 @@ def _stop_dhclient(link: Link, sysroot: Path, kill: Callable[[int, int], None]) 
 
 # ---- the step -----------------------------------------------------------------------------------------------
 
+def wireserver_address(config: Config) -> str:
+    """The configured WireServer's address when it is an IPv4 literal (it always is on Azure)."""
+    host = urlsplit(config.fabric.wireserver_url).hostname or ""
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        return WIRESERVER
+
+
 def _name(facts: Facts) -> str:
     from states.configure.hostname import choose
     return choose(facts)[0]
@@ -216,7 +249,7 @@ def _name(facts: Facts) -> str:
 def plan(ctx: Context, facts: Facts) -> Change | None:
     if not ctx.config.hostname.publish or ctx.config.paths.root != "/":
         return None
-    link = probe()
+    link = probe(destination=wireserver_address(ctx.config))
     manager = link.manager if link is not None and link.manager else "no known network manager"
     return Change(STEP, "DHCP hostname of the boot's lease", _name(facts), f"a new DHCP REQUEST via {manager}")
 
@@ -228,6 +261,6 @@ def apply(ctx: Context, facts: Facts) -> Change | None:
     if ctx.config.paths.root != "/":
         log.info("hostname not published: paths.root is not /", extra=fields(root=ctx.config.paths.root))
         return None
-    link = publish(name)
+    link = publish(name, destination=wireserver_address(ctx.config))
     log.info("hostname published", extra=fields(hostname=name, manager=link.manager, iface=link.iface))
     return Change(STEP, "DHCP hostname of the boot's lease", name, f"a new DHCP REQUEST via {link.manager}")

@@ -121,6 +121,38 @@ def _configure_base(base: Path, log: Path) -> None:
     run(["chroot", str(base), "apt-get", "clean"], log=log)
 
 
+CLOUD_INIT_CFG = """# boot test: cloud-init as a comparison agent, with Azure as its only datasource
+datasource_list: [ Azure ]
+"""
+
+
+def build_cloud_init(cache: Path, base: Path, log: Path) -> Path:
+    """A copy of the base with Debian's cloud-init package (Azure datasource only), cached like the base."""
+    tree = cache / "base-cloud-init"
+    stamp = tree / ".complete"
+    want = (base / ".complete").read_text()
+    if stamp.exists() and stamp.read_text() == want:
+        return tree
+    prepare_rootfs(base, tree)
+    resolv = tree / "etc/resolv.conf"
+    saved = resolv.read_text() if resolv.exists() and not resolv.is_symlink() else None
+    resolv.unlink(missing_ok=True)
+    shutil.copy("/etc/resolv.conf", resolv)  # apt in the chroot reaches the same mirror as debootstrap did
+    try:
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        run(["chroot", str(tree), "apt-get", "update", "-q"], log=log, env=env)
+        run(["chroot", str(tree), "apt-get", "install", "-y", "-q", "--no-install-recommends", "cloud-init"],
+            log=log, env=env)
+        run(["chroot", str(tree), "apt-get", "clean"], log=log)
+    finally:
+        resolv.unlink(missing_ok=True)
+        if saved is not None:
+            resolv.write_text(saved)
+    (tree / "etc/cloud/cloud.cfg.d/90-boot-test.cfg").write_text(CLOUD_INIT_CFG)
+    stamp.write_text(want)
+    return tree
+
+
 def prepare_rootfs(base: Path, dest: Path) -> Path:
     """A fresh copy of the base tree to install into (cp -a keeps owners, modes, links, xattrs)."""
     if dest.exists():

@@ -79,6 +79,22 @@ def settle_network(limit: float = 20.0) -> float:
     return round(time.monotonic() - start, 2)
 
 
+def bytecode() -> dict[str, Any]:
+    """Whether azprov's modules come byte-compiled: a .py without its current .pyc is compiled at every
+    start, since the unit (ProtectSystem=) cannot write __pycache__ under /usr."""
+    tag = sys.implementation.cache_tag
+    missing, total = [], 0
+    for top, _dirs, files in os.walk("/usr/lib/azprov/lib"):
+        for name in files:
+            if not name.endswith(".py") or "__pycache__" in top:
+                continue
+            total += 1
+            pyc = os.path.join(top, "__pycache__", f"{name[:-3]}.{tag}.pyc")
+            if not os.path.exists(pyc) or os.path.getmtime(pyc) < os.path.getmtime(os.path.join(top, name)):
+                missing.append(os.path.join(top, name))
+    return {"py_files": total, "without_current_pyc": len(missing), "examples": missing[:5]}
+
+
 def dbus_machine_id() -> dict[str, str] | None:
     """systemd seeds a first boot's machine id from this file when it is a regular file (not a symlink)."""
     path = "/var/lib/dbus/machine-id"
@@ -143,6 +159,8 @@ def main() -> None:
         "status": azprov_status(),
         "journal": sh("journalctl", "-b", "-u", unit, "-o", "short-monotonic", "--no-pager")[1],
         "timings_warm": timings(),
+        "bytecode": bytecode() if unit == "azprov.service" else None,
+        "critical_chain": sh("systemd-analyze", "critical-chain", "--no-pager", unit)[1],
     }
     if "azprov_boot_test.clean=1" in cmdline.split():
         # The image builder's step before capture (README "Baking it into an image").

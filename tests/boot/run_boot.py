@@ -301,6 +301,16 @@ SystemCallFilter=
 """
 
 
+# Diagnostic variant: the unit ordered as early as its needs allow (local file systems and the journal), not
+# after basic.target; still never before anything the network needs.
+EARLY = """[Unit]
+DefaultDependencies=no
+After=local-fs.target systemd-journald.socket
+Conflicts=shutdown.target
+Before=shutdown.target
+"""
+
+
 FULL_CONFIG = """# boot test: full provisioning (issue 5's steps)
 [configure]
 steps = ["hostname", "user", "ssh_keys"]
@@ -308,7 +318,7 @@ steps = ["hostname", "user", "ssh_keys"]
 
 
 def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False,
-                 full: bool = False, managers: bool = False) -> dict[str, Path]:
+                 full: bool = False, managers: bool = False, early: bool = False) -> dict[str, Path]:
     """The azprov image and its variants (unhardened, full provisioning) and the seed-unit image: disks made
     from the cached base, azprov installed as users do; each variant is the same tree plus one file."""
     base = guest.build_base(CACHE, log)
@@ -326,6 +336,13 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         dropin.mkdir(parents=True)
         (dropin / "unhardened.conf").write_text(UNHARDENED)
         images["azprov-unhardened"] = guest.make_disk(rootfs, work / "image-azprov-unhardened.img")
+        shutil.rmtree(dropin)
+    if early:
+        dropin = rootfs / "etc/systemd/system/azprov.service.d"
+        dropin.mkdir(parents=True)
+        (dropin / "early.conf").write_text(EARLY)
+        guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
+        images["azprov-early"] = guest.make_disk(rootfs, work / "image-azprov-early.img")
         shutil.rmtree(dropin)
     if full:
         conf = rootfs / "etc/azprov/azprov.toml.d"
@@ -856,6 +873,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these (default: all; 'first-boot-chain' is scenarios 1, 3 and 4)")
     p.add_argument("--no-compare", action="store_true", help="skip the timing comparison with the seed's unit")
     p.add_argument("--repeat", type=int, default=1, help="first boots per variant in the comparison")
+    p.add_argument("--early", action="store_true",
+                   help="add to the comparison azprov ordered after local-fs.target only (diagnostic)")
     p.add_argument("--unhardened", action="store_true",
                    help="add to the comparison azprov with its sandbox switched off (diagnostic)")
     p.add_argument("--record", action="store_true",
@@ -872,7 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
     images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
-                          unhardened=args.unhardened, full="full-provisioning" in chosen,
+                          unhardened=args.unhardened, early=args.early, full="full-provisioning" in chosen,
                           managers=bool({"publish-dhclient", "publish-no-dbus"} & set(chosen)))
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
@@ -890,7 +909,8 @@ def main(argv: list[str] | None = None) -> int:
         disk = work / f"disk-{name}.img"
         try:
             if name == "compare":
-                variants = ("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
+                variants = (("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
+                            + (("azprov-early",) if args.early else ()))
                 got = compare(images, work, kernel, args.repeat, variants)
             else:
                 image = images[variant_of.get(name, "azprov")]
