@@ -96,6 +96,11 @@ iface eth0 inet dhcp
 """
 
 
+# cloud-init as a comparison agent: Debian's package, Azure datasource only; ds-identify needs the asset tag.
+CLOUD_INIT_UNIT = "cloud-final.service"
+AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
+
+
 class BootTestError(AssertionError):
     """A scenario's expectation did not hold."""
 
@@ -215,6 +220,8 @@ class Machine:
                "-drive", f"file={self.disk},format=raw,if=virtio",
                "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
                "-object", f"filter-dump,id=dump0,netdev=n0,file={capture}",
+               # Azure's chassis asset tag, on every boot so that all agents run with the same settings.
+               "-smbios", f"type=3,asset={AZURE_ASSET_TAG}",
                "-device", "virtio-rng-pci", "-serial", f"file:{serial}"]
         first_entry = len(fabric.log)
         qemu_log = (self.work / f"{name}.qemu.log").open("w")
@@ -318,7 +325,8 @@ steps = ["hostname", "user", "ssh_keys"]
 
 
 def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False,
-                 full: bool = False, managers: bool = False, early: bool = False) -> dict[str, Path]:
+                 full: bool = False, managers: bool = False, early: bool = False,
+                 cloud_init: bool = False) -> dict[str, Path]:
     """The azprov image and its variants (unhardened, full provisioning) and the seed-unit image: disks made
     from the cached base, azprov installed as users do; each variant is the same tree plus one file."""
     base = guest.build_base(CACHE, log)
@@ -360,6 +368,11 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         images["seed"] = guest.make_disk(rootfs_seed, work / "image-seed.img")
         shutil.rmtree(rootfs_seed)
     shutil.rmtree(rootfs)
+    if cloud_init:
+        tree = guest.prepare_rootfs(guest.build_cloud_init(CACHE, base, log), work / "rootfs-cloud-init")
+        add_report_unit(tree, CLOUD_INIT_UNIT, log)
+        images["cloud-init"] = guest.make_disk(tree, work / "image-cloud-init.img")
+        shutil.rmtree(tree)
     return images
 
 
@@ -734,15 +747,45 @@ def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: i
                 run_checks(s, checks)
                 if s.error:
                     return s
-            else:
-                s.notes.setdefault("seed_hostname_set", []).append((b.report or {}).get("hostname") == name)
+            s.notes.setdefault(f"{variant}_hostname_set", []).append((b.report or {}).get("hostname") == name)
+            s.notes.setdefault(f"{variant}_published", []).append(bool(published(b, name)[1]))
+            s.notes.setdefault(f"{variant}_address_removed", []).append(len(address_removals(b)))
     for variant in variants:
-        times = sorted(t for b in boots if b.name.rsplit("-", 1)[0] == f"compare-{variant}" and (t := b.ready_at()))
-        s.notes[f"{variant}_ready_s"] = [round(t, 2) for t in times]
-        if times:
-            s.notes[f"{variant}_ready_median_s"] = round(times[len(times) // 2], 2)
+        mine = [b for b in boots if b.name.rsplit("-", 1)[0] == f"compare-{variant}"]
+        for key, values in (("ready", [b.ready_at() for b in mine]),
+                            ("lease_to_ready", [lease_to_ready(b) for b in mine]),
+                            ("unit_to_ready", [unit_to_ready(b) for b in mine])):
+            got = sorted(v for v in values if v is not None)
+            s.notes[f"{variant}_{key}_s"] = [round(v, 2) for v in got]
+            if got:
+                s.notes[f"{variant}_{key}_median_s"] = round(got[len(got) // 2], 2)
     s.ok = s.error is None
     return s
+
+
+def lease_to_ready(b: Boot) -> float | None:
+    """Seconds from the first DHCP ACK the guest got (the capture, host clock) to the accepted Ready."""
+    ready = b.ready_at()
+    acks = [m.t - b.started_wall for m in b.dhcp() if m.kind == "ACK"]
+    return None if ready is None or not acks else ready - acks[0]
+
+
+def unit_to_ready(b: Boot) -> float | None:
+    """Seconds from the agent's unit start (guest clock) to the accepted Ready, the guest clock mapped to the
+    host's through the first lease: the capture's first ACK and networkd's or dhclient's lease line. None for
+    cloud-init, whose own DHCP comes first and has no lease line to map it by."""
+    report = b.report or {}
+    if report.get("unit") == CLOUD_INIT_UNIT:
+        return None
+    start = _usec((report.get("props") or {}).get("InactiveExitTimestampMonotonic"))
+    timeline = guest_timeline((report.get("journal") or "") + "\n" + (report.get("network_journal") or ""))
+    lease_guest = timeline.get("lease (networkd)") or timeline.get("lease (dhclient)")
+    acks = [m.t - b.started_wall for m in b.dhcp() if m.kind == "ACK"]
+    ready = b.ready_at()
+    if start is None or lease_guest is None or not acks or ready is None:
+        return None
+    offset = acks[0] - lease_guest
+    return ready - (start + offset)
 
 
 def run_checks(s: Scenario, fn: Callable[[], Any]) -> Any:
@@ -846,11 +889,18 @@ def markdown(doc: dict[str, Any]) -> str:
                          f"| {b['host_load_1min'][0]:.1f}–{b['host_load_1min'][1]:.1f} |")
     for s in doc["scenarios"]:
         notes = s["notes"]
-        runs = [(k[: -len("_ready_s")], v) for k, v in notes.items() if k.endswith("_ready_s")]
-        if runs:
-            parts = [f"{name} {times} s (median {notes.get(name + '_ready_median_s', '-')})" for name, times in runs]
-            lines += ["", "QEMU start → Ready accepted, first boots alternated on fresh disks: "
-                      + "; ".join(parts) + "."]
+        variants = [k[: -len("_ready_s")] for k in notes if k.endswith("_ready_s")
+                    and not k.endswith(("_lease_to_ready_s", "_unit_to_ready_s"))]
+        if variants:
+            lines += ["", "First boots alternated on fresh disks, medians (all boots in brackets), seconds:", "",
+                      "| agent | QEMU start → Ready | first DHCP ACK → Ready | unit start → Ready "
+                      "| new name in a later DHCP REQUEST | IPv4 address removed |", "|---|---|---|---|---|---|"]
+            for v in variants:
+                cells = [f"{notes.get(f'{v}_{k}_median_s', '-')} {notes.get(f'{v}_{k}_s', [])}"
+                         for k in ("ready", "lease_to_ready", "unit_to_ready")]
+                pub = notes.get(f"{v}_published", [])
+                removed = notes.get(f"{v}_address_removed", [])
+                lines.append(f"| {v} | {' | '.join(cells)} | {sum(pub)}/{len(pub)} | {removed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -873,6 +923,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these (default: all; 'first-boot-chain' is scenarios 1, 3 and 4)")
     p.add_argument("--no-compare", action="store_true", help="skip the timing comparison with the seed's unit")
     p.add_argument("--repeat", type=int, default=1, help="first boots per variant in the comparison")
+    p.add_argument("--cloud-init", action="store_true",
+                   help="add to the comparison Debian's cloud-init (Azure datasource) in a copy of the guest")
     p.add_argument("--early", action="store_true",
                    help="add to the comparison azprov ordered after local-fs.target only (diagnostic)")
     p.add_argument("--unhardened", action="store_true",
@@ -892,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
                           unhardened=args.unhardened, early=args.early, full="full-provisioning" in chosen,
+                          cloud_init=args.cloud_init and "compare" in chosen,
                           managers=bool({"publish-dhclient", "publish-no-dbus"} & set(chosen)))
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
@@ -910,7 +963,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if name == "compare":
                 variants = (("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
-                            + (("azprov-early",) if args.early else ()))
+                            + (("azprov-early",) if args.early else ()) + (("cloud-init",) if args.cloud_init else ()))
                 got = compare(images, work, kernel, args.repeat, variants)
             else:
                 image = images[variant_of.get(name, "azprov")]
