@@ -89,12 +89,12 @@ def settle_network(limit: float = 20.0) -> float:
     return round(time.monotonic() - start, 2)
 
 
-def bytecode() -> dict[str, Any]:
-    """Whether azprov's modules come byte-compiled: a .py without its current .pyc is compiled at every
-    start, since the unit (ProtectSystem=) cannot write __pycache__ under /usr."""
+def bytecode(root: str = "/usr/lib/azprov/lib") -> dict[str, Any]:
+    """Whether modules come byte-compiled: a .py without its current .pyc is compiled at every start,
+    since the unit (ProtectSystem=) cannot write __pycache__ under /usr."""
     tag = sys.implementation.cache_tag
     missing, total = [], 0
-    for top, _dirs, files in os.walk("/usr/lib/azprov/lib"):
+    for top, _dirs, files in os.walk(root):
         for name in files:
             if not name.endswith(".py") or "__pycache__" in top:
                 continue
@@ -171,7 +171,7 @@ def main() -> None:
         "journal": sh("journalctl", "-b", "-u", unit, "-o", "short-monotonic", "--no-pager")[1],
         "timings_warm": timings(),
         "bytecode": bytecode() if unit == "azprov.service" else None,
-        "critical_chain": sh("systemd-analyze", "critical-chain", "--no-pager", unit)[1],
+        "bytecode_stdlib": bytecode(f"/usr/lib/python3.{sys.version_info[1]}"),
     }
     if "azprov_boot_test.clean=1" in cmdline.split():
         # The image builder's step before capture (README "Baking it into an image").
