@@ -37,6 +37,11 @@ lint: $(BIN)/.stamp
 test-boot: $(BIN)/.stamp
 	$(BIN)/python tests/boot/run_boot.py
 
+# First boots of azprov, the article's unit and cloud-init, interleaved (x3), and azprov's reboots: ~30 min.
+.PHONY: bench-boot
+bench-boot: $(BIN)/.stamp
+	$(BIN)/python tests/boot/run_boot.py --scenario compare --repeat 3 --cloud-init --reboots
+
 bench: $(BIN)/.stamp
 	$(BIN)/python bench/run.py
 
