@@ -132,11 +132,9 @@ def test_route_table_parser_never_raises(text: str) -> None:
 
 
 def test_manager_state_files() -> None:
-    state = "ADMIN_STATE=configured\nNETWORK_FILE=/etc/systemd/network/a.network\n"
-    assert publish.networkd_file(state) == "/etc/systemd/network/a.network"
-    assert publish.networkd_file("ADMIN_STATE=unmanaged\nNETWORK_FILE=\n") is None
-    assert publish.networkd_file("ADMIN_STATE=configured\nNETWORK_FILE=\n") is None
-    assert publish.networkd_file("garbage") is None
+    assert publish.networkd_manages("ADMIN_STATE=configured\nNETWORK_FILE=/etc/systemd/network/a.network\n")
+    assert not publish.networkd_manages("ADMIN_STATE=unmanaged\nNETWORK_FILE=\n")
+    assert not publish.networkd_manages("garbage")
     assert publish.nm_manages("[device]\nmanaged = true\n")
     assert not publish.nm_manages("[device]\nmanaged=false\n")
 
@@ -159,15 +157,12 @@ def test_config_key_is_a_bool() -> None:
 
 # ---- each manager: the exact command ------------------------------------------------------------------------
 
-def test_networkd_reconfigures_the_link_keeping_its_dhcp_address(system: System) -> None:
+def test_networkd_reconfigures_the_link(system: System) -> None:
     system.networkd()
     system.fake("networkctl")
     link = system.publish()
     assert (link.iface, link.manager) == ("eth0", "networkd")
-    # never `renew`: it resends the old name
-    assert system.calls() == ["networkctl reload", "networkctl reconfigure eth0"]
-    dropin = system.root / "run/systemd/network/80-dhcp.network.d/50-azprov-publish.conf"
-    assert "KeepConfiguration=dhcp-on-stop" in dropin.read_text().splitlines()
+    assert system.calls() == ["networkctl reconfigure eth0"]  # never `renew`: it resends the old name
 
 
 def test_networkd_without_dbus_is_recoverable_and_says_so(system: System) -> None:

@@ -42,14 +42,6 @@ from states.configure import Change, Facts
 log = logging.getLogger(__name__)
 
 STEP = "publish"
-# networkd drops a link's DHCP address (RELEASE, address removed, DISCOVER) when it reconfigures the link,
-# unless the link keeps its DHCP configuration when stopped: the runtime drop-in says so for this boot.
-KEEP_DHCP_NAME = "50-azprov-publish.conf"
-KEEP_DHCP = """# Written by azprov (hostname.publish) for this boot only: keep the DHCP address while networkd
-# reconfigures the link to send the new hostname.
-[Network]
-KeepConfiguration=dhcp-on-stop
-"""
 WIRESERVER = "168.63.129.16"
 COMMAND_TIMEOUT = 15.0  # seconds per command; a step runs at most two
 DBUS_SOCKET = "run/dbus/system_bus_socket"
@@ -70,7 +62,6 @@ class Link(NamedTuple):
     manager: str | None  # "networkd", "networkmanager", "dhclient" or None (nothing known manages it)
     dhclient_argv: tuple[str, ...] = ()  # the running dhclient's command line (dhclient only)
     dhclient_pid: int | None = None
-    network_file: str = ""  # networkd's .network file for the link (networkd only)
 
 
 # ---- pure: which steps run, which interface, which manager, which commands --------------------------------
@@ -116,18 +107,10 @@ def _le32(hex_text: str) -> int:
     return int.from_bytes(bytes.fromhex(hex_text), "little")
 
 
-def networkd_file(link_state: str) -> str | None:
-    """/run/systemd/netif/links/<ifindex>: the .network file networkd configures the link with, or None
-    when networkd does not manage the link."""
+def networkd_manages(link_state: str) -> bool:
+    """/run/systemd/netif/links/<ifindex>: networkd has a .network file for the link and configures it."""
     keys = dict(line.split("=", 1) for line in link_state.splitlines() if "=" in line)
-    if keys.get("ADMIN_STATE") not in ("configuring", "configured") or not keys.get("NETWORK_FILE", "").strip():
-        return None
-    return keys["NETWORK_FILE"].strip()
-
-
-def keep_dhcp_dropin(network_file: str) -> str:
-    """Where the runtime drop-in that keeps the DHCP address through a reconfiguration goes."""
-    return f"run/systemd/network/{os.path.basename(network_file)}.d/{KEEP_DHCP_NAME}"
+    return bool(keys.get("NETWORK_FILE")) and keys.get("ADMIN_STATE") in ("configuring", "configured")
 
 
 def nm_manages(device_state: str) -> bool:
@@ -138,7 +121,7 @@ def nm_manages(device_state: str) -> bool:
 def commands(link: Link, name: str) -> list[list[str]]:
     """The commands that make `link`'s manager send `name` in a new DHCP REQUEST."""
     if link.manager == "networkd":
-        return [["networkctl", "reload"], ["networkctl", "reconfigure", link.iface]]
+        return [["networkctl", "reconfigure", link.iface]]
     if link.manager == "networkmanager":
         return [["nmcli", "--wait", str(int(COMMAND_TIMEOUT)), "device", "modify", link.iface,
                  "ipv4.dhcp-hostname", name]]
@@ -172,9 +155,8 @@ def probe(sysroot: Path = Path("/"), destination: str = WIRESERVER) -> Link | No
         return None
     index = (_read(sysroot / "sys/class/net" / iface / "ifindex") or "").strip()
     if index.isdigit():
-        network_file = networkd_file(_read(sysroot / "run/systemd/netif/links" / index) or "")
-        if network_file:
-            return Link(iface, "networkd", network_file=network_file)
+        if networkd_manages(_read(sysroot / "run/systemd/netif/links" / index) or ""):
+            return Link(iface, "networkd")
         if nm_manages(_read(sysroot / "run/NetworkManager/devices" / index) or ""):
             return Link(iface, "networkmanager")
     pid_text = (_read(sysroot / f"run/dhclient.{iface}.pid") or "").strip()
@@ -221,8 +203,6 @@ def publish(name: str, sysroot: Path = Path("/"), run: Runner = run_command,
                                command=missing[0])
     if link.manager == "dhclient":
         _stop_dhclient(link, sysroot, kill)
-    if link.manager == "networkd":
-        _keep_dhcp_address(link, sysroot)
     for cmd in cmds:
         result = run(cmd, COMMAND_TIMEOUT)
         if result.returncode != 0:
@@ -232,16 +212,6 @@ def publish(name: str, sysroot: Path = Path("/"), run: Runner = run_command,
                 data["dbus"] = "no system bus: the name reaches DHCP at the next boot"
             raise RecoverableError("hostname not published: the network manager refused", **data)
     return link
-
-
-def _keep_dhcp_address(link: Link, sysroot: Path) -> None:
-    path = sysroot / keep_dhcp_dropin(link.network_file)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(KEEP_DHCP)
-    except OSError as e:
-        raise RecoverableError("hostname not published: the networkd drop-in cannot be written", path=str(path),
-                               error=e.strerror) from e
 
 
 def _stop_dhclient(link: Link, sysroot: Path, kill: Callable[[int, int], None]) -> None:
