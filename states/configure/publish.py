@@ -3,12 +3,15 @@
 Azure-provided DNS registers the name the VM sends in DHCP (option 12). The image's DHCP client sent the
 image's name at boot, before the hostname step ran, so the new name must go out in a new DHCP REQUEST. azprov
 runs no DHCP client of its own: it asks the network manager that holds the lease of the interface that
-leads to the WireServer (also the VM's DHCP server), using that manager's own mechanism and never taking
+leads to the WireServer (also the VM's DHCP server), using that manager's own mechanism, without taking
 the interface down:
 
 - systemd-networkd: `networkctl reconfigure IFACE` (`renew` would resend the old name: networkd reads the
-  hostname only when it configures the link). networkctl talks D-Bus; without a system bus it fails, and
-  the step records a recoverable error: the name then reaches DHCP at the next boot.
+  hostname only when it configures the link). In systemd 252 this restarts the link's DHCP client: RELEASE,
+  the address gone for ~0.1-0.2 s, then DISCOVER/REQUEST with the new name. networkd offers nothing
+  gentler; it happens before ssh.service starts, while nothing but azprov uses the network. networkctl
+  talks D-Bus; without a system bus it fails, and the step records a recoverable error: the name then
+  reaches DHCP at the next boot.
 - NetworkManager: `nmcli device modify IFACE ipv4.dhcp-hostname NAME`, a runtime reapply of the active
   connection (the saved profile is not changed) that restarts DHCP on the configured address.
 - ifupdown + dhclient: the running dhclient cannot be told to renew, so it is replaced by the same command
