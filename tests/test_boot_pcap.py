@@ -82,3 +82,17 @@ def test_any_bytes_parse_without_raising(blob: bytes) -> None:
     pcap.dhcp_messages(blob)
     pcap.options(blob)
     pcap.fqdn_name(blob)
+
+
+def test_address_gaps_from_ip_monitor_lines() -> None:
+    import run_boot
+
+    journal = (
+        "[   48.5] template ip[173]: 2: ens2    inet 168.0.2.15/7 metric 1024 brd 169.255.255.255 scope global\n"
+        "[   56.6] web-01 ip[173]: Timestamp: Thu Dec  3 09:37:31 2026 787373 usec\n"
+        "[   56.685] web-01 ip[173]: Deleted 2: ens2    inet 168.0.2.15/7 metric 1024 brd 169.255.255.255 scope\n"
+        "[   56.810] web-01 ip[173]: 2: ens2    inet 168.0.2.15/7 metric 1024 brd 169.255.255.255 scope global\n"
+        "[   60.0] web-01 ip[173]: Deleted 2: ens2    inet 168.0.2.15/7 scope global\n"
+        "[   61.0] web-01 ip[173]: 2: ens2    inet 168.0.2.99/7 scope global\n")
+    assert run_boot.address_gaps(journal) == [("168.0.2.15/7", 0.125), ("168.0.2.15/7", None)]
+    assert run_boot.address_gaps(journal.splitlines()[0]) == []

