@@ -109,7 +109,9 @@ iface eth0 inet dhcp
 
 
 # cloud-init as a comparison agent: Debian's package, Azure datasource only; ds-identify needs the asset tag.
-CLOUD_INIT_UNIT = "cloud-final.service"
+# Its network stage (cloud-init.service) has reported Ready and set and published the hostname; the report
+# cannot wait for cloud-final.service, which is ordered after multi-user.target (a cycle).
+CLOUD_INIT_UNIT = "cloud-init.service"
 AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
 
 
