@@ -54,6 +54,11 @@ lint: $(BIN)/.stamp
 test-boot: $(BIN)/.stamp
 	$(BIN)/python tests/boot/run_boot.py
 
+# First boots of azprov, the article's unit and cloud-init, interleaved (x3), and azprov's reboots: ~30 min.
+.PHONY: bench-boot
+bench-boot: $(BIN)/.stamp
+	$(BIN)/python tests/boot/run_boot.py --scenario compare --repeat 3 --cloud-init --reboots
+
 # The peers and the benchmark venvs are fetched first (apt, PyPI); the measured runs are isolated.
 bench: $(BIN)/.stamp
 	$(BIN)/python bench/peers.py bench/cache >/dev/null

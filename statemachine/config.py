@@ -50,6 +50,7 @@ class IdentityConfig(NamedTuple):
 
 class HostnameConfig(NamedTuple):
     method: str = "auto"
+    publish: bool = True  # send the new name in a DHCP REQUEST (states/configure/publish.py)
 
 
 class ConfigureConfig(NamedTuple):

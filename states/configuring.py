@@ -22,6 +22,7 @@ from statemachine.log import fields
 from statemachine.persistence import Record
 from statemachine.timeutil import utc_now
 from states.configure import Facts, registry
+from states.configure.publish import ordered
 from states.imds import parse_instance
 
 if TYPE_CHECKING:  # states.media is imported only when [media] is enabled
@@ -108,7 +109,7 @@ def step(ctx: Context, record: Record) -> Outcome:
     updates.update(_media_updates(ctx, record, found))
     record = record._replace(**updates)
     steps = registry()
-    pending = [n for n in ctx.config.configure.steps if record.steps.get(n, {}).get("status") not in FINISHED]
+    pending = [n for n in ordered(ctx.config, record.steps) if record.steps.get(n, {}).get("status") not in FINISHED]
     for name in pending[:1]:
         started = ctx.clock()
         entry: dict[str, Any] = {"at": utc_now()}

@@ -97,7 +97,7 @@ def test_the_step_registry_imports_only_the_steps_looked_up() -> None:
     import sys
 
     code = ("import sys\nfrom states.configure import registry\nr = registry()\n"
-            "assert list(r) == ['hostname', 'user', 'ssh_keys'] and 'user' in r and 'nope' not in r\n"
+            "assert list(r) == ['hostname', 'publish', 'user', 'ssh_keys'] and 'user' in r and 'nope' not in r\n"
             "assert r['hostname'].__name__ == 'states.configure.hostname'\n"
             "print(sorted(m for m in sys.modules if m.startswith('states.configure.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -41,7 +41,7 @@ class ConfigureStep(Protocol):
     def apply(self, ctx: Context, facts: Facts) -> Change | None: ...
 
 
-STEP_NAMES = ("hostname", "user", "ssh_keys")
+STEP_NAMES = ("hostname", "publish", "user", "ssh_keys")
 
 
 class _Registry(Mapping[str, ConfigureStep]):

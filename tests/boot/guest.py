@@ -28,6 +28,8 @@ SUITE = "bookworm"
 PACKAGES = (
     "systemd-sysv", "systemd", "udev", "dbus", "python3", "python3-venv", "linux-image-amd64",
     "initramfs-tools", "iproute2", "curl", "ca-certificates", "openssh-server", "sudo",
+    # The second network manager the hostname-publishing check boots with (networkd is the default one).
+    "ifupdown", "isc-dhcp-client",
 )
 # Only what the guest needs to find its root disk and network; a small initrd unpacks faster under TCG.
 INITRD_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4", "crc32c_generic")
@@ -111,10 +113,44 @@ def _configure_base(base: Path, log: Path) -> None:
     conf.write_text("MODULES=list\nCOMPRESS=gzip\n")
     (base / "etc/initramfs-tools/modules").write_text("\n".join(INITRD_MODULES) + "\n")
     run(["chroot", str(base), "systemctl", "enable", "systemd-networkd.service"], log=log)
+    # ifupdown is there for one variant only: the usual image leaves the network to networkd alone.
+    run(["chroot", str(base), "systemctl", "disable", "networking.service"], log=log)
     # No getty on the serial console: nobody logs in, and it would only add noise to the log.
     run(["chroot", str(base), "systemctl", "mask", "serial-getty@ttyS0.service", "getty@tty1.service"], log=log)
     run(["chroot", str(base), "update-initramfs", "-u", "-k", "all"], log=log)
     run(["chroot", str(base), "apt-get", "clean"], log=log)
+
+
+CLOUD_INIT_CFG = """# boot test: cloud-init as a comparison agent, with Azure as its only datasource
+datasource_list: [ Azure ]
+"""
+
+
+def build_cloud_init(cache: Path, base: Path, log: Path) -> Path:
+    """A copy of the base with Debian's cloud-init package (Azure datasource only), cached like the base."""
+    tree = cache / "base-cloud-init"
+    stamp = tree / ".complete"
+    want = (base / ".complete").read_text()
+    if stamp.exists() and stamp.read_text() == want:
+        return tree
+    prepare_rootfs(base, tree)
+    resolv = tree / "etc/resolv.conf"
+    saved = resolv.read_text() if resolv.exists() and not resolv.is_symlink() else None
+    resolv.unlink(missing_ok=True)
+    shutil.copy("/etc/resolv.conf", resolv)  # apt in the chroot reaches the same mirror as debootstrap did
+    try:
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        run(["chroot", str(tree), "apt-get", "update", "-q"], log=log, env=env)
+        run(["chroot", str(tree), "apt-get", "install", "-y", "-q", "--no-install-recommends", "cloud-init"],
+            log=log, env=env)
+        run(["chroot", str(tree), "apt-get", "clean"], log=log)
+    finally:
+        resolv.unlink(missing_ok=True)
+        if saved is not None:
+            resolv.write_text(saved)
+    (tree / "etc/cloud/cloud.cfg.d/90-boot-test.cfg").write_text(CLOUD_INIT_CFG)
+    stamp.write_text(want)
+    return tree
 
 
 def prepare_rootfs(base: Path, dest: Path) -> Path:

@@ -52,11 +52,21 @@ def timed(*cmd: str) -> float:
     return round(time.monotonic() - start, 3)
 
 
+def provisioned() -> bool:
+    try:
+        with open("/var/lib/azprov/state.json") as f:
+            return json.load(f).get("state") == "done"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def timings() -> dict[str, Any]:
     # The venv's interpreter (make install), or the system's (the Debian package).
     venv_python = next(p for p in ("/usr/lib/azprov/bin/python", "/usr/bin/python3") if os.path.exists(p))
     out: dict[str, Any] = {"python3 -c pass": timed("/usr/bin/python3", "-c", "pass")}
     if os.path.exists(AZPROV):
+        if provisioned():  # then it is the fast path: no fabric request, nothing written
+            out["azprov (as the unit runs it)"] = timed(AZPROV)
         out["azprov --version"] = timed(AZPROV, "--version")
         out["azprov --status --json"] = timed(AZPROV, "--status", "--json")
         out["import requests, lxml.etree, transitions"] = timed(
@@ -66,6 +76,34 @@ def timings() -> dict[str, Any]:
         top = sorted(((int(r[1]), r[2].strip()) for r in rows[1:] if r[1].strip().isdigit()), reverse=True)
         out["importtime_top_cumulative_us"] = top[:12]
     return out
+
+
+def settle_network(limit: float = 20.0) -> float:
+    """Wait until a global IPv4 address is present again and the DHCP exchange a publish started has had
+    time to finish, so the capture and `ip monitor` see it before the power-off. Seconds waited."""
+    start = time.monotonic()
+    time.sleep(2.0)
+    while time.monotonic() - start < limit:
+        if "inet " in sh("ip", "-4", "-o", "addr", "show", "scope", "global")[1]:
+            break
+        time.sleep(0.2)
+    return round(time.monotonic() - start, 2)
+
+
+def bytecode(root: str = "/usr/lib/azprov/lib") -> dict[str, Any]:
+    """Whether modules come byte-compiled: a .py without its current .pyc is compiled at every start,
+    since the unit (ProtectSystem=) cannot write __pycache__ under /usr."""
+    tag = sys.implementation.cache_tag
+    missing, total = [], 0
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            if not name.endswith(".py") or "__pycache__" in top:
+                continue
+            total += 1
+            pyc = os.path.join(top, "__pycache__", f"{name[:-3]}.{tag}.pyc")
+            if not os.path.exists(pyc) or os.path.getmtime(pyc) < os.path.getmtime(os.path.join(top, name)):
+                missing.append(os.path.join(top, name))
+    return {"py_files": total, "without_current_pyc": len(missing), "examples": missing[:5]}
 
 
 def dbus_machine_id() -> dict[str, str] | None:
@@ -111,8 +149,14 @@ def main() -> None:
         cmdline = f.read().strip()
     with open("/proc/uptime") as f:
         uptime = float(f.read().split()[0])
+    settled = settle_network()
     report = {
         "unit": unit,
+        "network_settle_s": settled,
+        "ipmon": sh("journalctl", "-b", "-u", "azprov-boot-ipmon", "-o", "short-monotonic", "--no-pager")[1],
+        "network_journal": sh("journalctl", "-b", "-u", "systemd-networkd", "-u", "networking", "-u",
+                              "azprov-dhclient-*", "-o", "short-monotonic", "--no-pager")[1],
+        "addresses": sh("ip", "-4", "-o", "addr", "show")[1],
         "cmdline": cmdline,
         "uptime_at_report": uptime,
         "hostname": socket.gethostname(),
@@ -122,10 +166,13 @@ def main() -> None:
         "product_uuid": open("/sys/class/dmi/id/product_uuid").read().strip(),
         "props": unit_props(unit),
         "ssh_props": unit_props("ssh.service"),
+        "pyref_props": unit_props("azprov-boot-pyref.service"),
         "account": account("azureuser"),
         "status": azprov_status(),
         "journal": sh("journalctl", "-b", "-u", unit, "-o", "short-monotonic", "--no-pager")[1],
         "timings_warm": timings(),
+        "bytecode": bytecode() if unit == "azprov.service" else None,
+        "bytecode_stdlib": bytecode(f"/usr/lib/python3.{sys.version_info[1]}"),
     }
     if "azprov_boot_test.clean=1" in cmdline.split():
         # The image builder's step before capture (README "Baking it into an image").

@@ -44,6 +44,7 @@ REPO = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(REPO / "tests"), str(REPO)]
 
 import guest  # noqa: E402
+import pcap  # noqa: E402
 import seed  # noqa: E402
 from fakefabric import FakeFabric  # noqa: E402
 
@@ -59,7 +60,7 @@ IMDS = "169.254.169.254"  # guestfwd target inside the guest only
 CMDLINE = "root=/dev/vda rw console=ttyS0 quiet"
 REPORT_UNIT = """[Unit]
 Description=boot test only: report {unit}'s outcome, then power off
-After={unit} systemd-networkd.service
+After={unit} systemd-networkd.service networking.service
 
 [Service]
 Type=oneshot
@@ -68,6 +69,50 @@ ExecStart=/usr/bin/python3 /usr/local/lib/azprov-boot/guest_report.py {unit}
 [Install]
 WantedBy=multi-user.target
 """
+
+
+# Logs every IPv4 address change from before the network starts: the hostname must be published without the
+# address ever being removed (no interface bounce). Ordered before the network, it is a test-only observer.
+IPMON_UNIT = """[Unit]
+Description=boot test only: log IPv4 address changes
+DefaultDependencies=no
+After=systemd-journald.socket
+Before=network-pre.target systemd-networkd.service networking.service
+Wants=network-pre.target
+
+[Service]
+ExecStart=/usr/bin/ip -4 -timestamp monitor address
+
+[Install]
+WantedBy=sysinit.target
+"""
+# The reference for a provisioned VM's reboot: bare Python started at the same point of the same boot.
+PYREF_UNIT = """[Unit]
+Description=boot test only: python3 -c pass, started where azprov starts (reference for its fast path)
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/python3 -c pass
+
+[Install]
+WantedBy=multi-user.target
+"""
+# The second network manager: ifupdown + dhclient on eth0 (net.ifnames=0 on the kernel command line).
+IFUPDOWN_CMDLINE = "net.ifnames=0"
+INTERFACES = """auto lo
+iface lo inet loopback
+
+auto eth0
+iface eth0 inet dhcp
+"""
+
+
+# cloud-init as a comparison agent: Debian's package, Azure datasource only; ds-identify needs the asset tag.
+# Its network stage (cloud-init.service) has reported Ready and set and published the hostname; the report
+# cannot wait for cloud-final.service, which is ordered after multi-user.target (a cycle).
+CLOUD_INIT_UNIT = "cloud-init.service"
+AZURE_ASSET_TAG = "7783-7084-3265-9085-8269-3286-77"
 
 
 class BootTestError(AssertionError):
@@ -140,6 +185,8 @@ class Boot:
     name: str
     serial: Path
     started: float
+    capture: Path | None = None
+    started_wall: float = 0.0  # time.time() at QEMU start: the capture's time stamps use the host's wall clock
     ended: float = 0.0
     killed: bool = False
     fabric_entries: list[dict[str, Any]] = field(default_factory=list)
@@ -156,6 +203,12 @@ class Boot:
     def first_contact(self) -> float | None:
         return min((float(e["t"]) - self.started for e in self.fabric_entries), default=None)
 
+    def dhcp(self) -> list[pcap.Dhcp]:
+        """The guest's DHCP messages, from the capture of its NIC."""
+        if self.capture is None or not self.capture.exists():
+            return []
+        return pcap.dhcp_messages(self.capture.read_bytes())
+
 
 @dataclass
 class Machine:
@@ -170,6 +223,7 @@ class Machine:
              cut_when: Callable[[float], bool] | None = None, cut_after: float = 1.0) -> Boot:
         """Boot until the guest powers off, or power it off hard once `cut_when(start)` holds."""
         serial = self.work / f"{name}.serial.log"
+        capture = self.work / f"{name}.pcap"
         relay = f"{sys.executable} {RELAY} {fabric.port}".replace(",", ",,")
         netdev = ("user,id=n0,restrict=on,ipv6=off,net=168.0.0.0/7,"
                   f"guestfwd=tcp:{WIRESERVER}:80-cmd:{relay},guestfwd=tcp:{IMDS}:80-cmd:{relay}")
@@ -179,12 +233,15 @@ class Machine:
                "-append", f"{CMDLINE} {extra_cmdline}".strip(),
                "-drive", f"file={self.disk},format=raw,if=virtio",
                "-netdev", netdev, "-device", "virtio-net-pci,netdev=n0",
+               "-object", f"filter-dump,id=dump0,netdev=n0,file={capture}",
+               # Azure's chassis asset tag, on every boot so that all agents run with the same settings.
+               "-smbios", f"type=3,asset={AZURE_ASSET_TAG}",
                "-device", "virtio-rng-pci", "-serial", f"file:{serial}"]
         first_entry = len(fabric.log)
         qemu_log = (self.work / f"{name}.qemu.log").open("w")
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         proc = subprocess.Popen(cmd, stdout=qemu_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        boot = Boot(name=name, serial=serial, started=started)
+        boot = Boot(name=name, serial=serial, started=started, capture=capture, started_wall=started_wall)
         load_start = os.getloadavg()[0]
         try:
             while proc.poll() is None:
@@ -265,6 +322,16 @@ SystemCallFilter=
 """
 
 
+# Diagnostic variant: the unit ordered as early as its needs allow (local file systems and the journal), not
+# after basic.target; still never before anything the network needs.
+EARLY = """[Unit]
+DefaultDependencies=no
+After=local-fs.target systemd-journald.socket
+Conflicts=shutdown.target
+Before=shutdown.target
+"""
+
+
 FULL_CONFIG = """# boot test: full provisioning (issue 5's steps)
 [configure]
 steps = ["hostname", "user", "ssh_keys"]
@@ -272,7 +339,8 @@ steps = ["hostname", "user", "ssh_keys"]
 
 
 def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False,
-                 full: bool = False, deb: bool = False) -> dict[str, Path]:
+                 full: bool = False, deb: bool = False, managers: bool = False, early: bool = False,
+                 cloud_init: bool = False) -> dict[str, Path]:
     """The azprov image and its variants (unhardened, full provisioning) and the seed-unit image: disks made
     from the cached base, azprov installed as users do; each variant is the same tree plus one file."""
     base = guest.build_base(CACHE, log)
@@ -291,11 +359,21 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         (dropin / "unhardened.conf").write_text(UNHARDENED)
         images["azprov-unhardened"] = guest.make_disk(rootfs, work / "image-azprov-unhardened.img")
         shutil.rmtree(dropin)
+    if early:
+        dropin = rootfs / "etc/systemd/system/azprov.service.d"
+        dropin.mkdir(parents=True)
+        (dropin / "early.conf").write_text(EARLY)
+        guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
+        images["azprov-early"] = guest.make_disk(rootfs, work / "image-azprov-early.img")
+        shutil.rmtree(dropin)
     if full:
         conf = rootfs / "etc/azprov/azprov.toml.d"
         conf.mkdir(parents=True, exist_ok=True)
         (conf / "50-boot-test.toml").write_text(FULL_CONFIG)
         images["azprov-full"] = guest.make_disk(rootfs, work / "image-azprov-full.img")
+        (conf / "50-boot-test.toml").unlink()
+    if managers:
+        images.update(manager_variants(rootfs, work, log))
     if deb:
         images["azprov-deb"] = guest.make_disk(install_deb(base, work, log), work / "image-azprov-deb.img")
         shutil.rmtree(work / "rootfs-deb")
@@ -307,6 +385,11 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         images["seed"] = guest.make_disk(rootfs_seed, work / "image-seed.img")
         shutil.rmtree(rootfs_seed)
     shutil.rmtree(rootfs)
+    if cloud_init:
+        tree = guest.prepare_rootfs(guest.build_cloud_init(CACHE, base, log), work / "rootfs-cloud-init")
+        add_report_unit(tree, CLOUD_INIT_UNIT, log)
+        images["cloud-init"] = guest.make_disk(tree, work / "image-cloud-init.img")
+        shutil.rmtree(tree)
     return images
 
 
@@ -347,12 +430,36 @@ def deb_first_boot(image: Path, m: Machine) -> Scenario:
     return s
 
 
+def manager_variants(rootfs: Path, work: Path, log: Path) -> dict[str, Path]:
+    """The azprov image with another network setup, for hostname publishing: ifupdown + dhclient instead of
+    networkd; networkd without a system bus (dbus masked). Each change is undone after its disk is made."""
+    out: dict[str, Path] = {}
+    systemctl = ["systemctl", f"--root={rootfs}"]
+    interfaces = rootfs / "etc/network/interfaces"
+    saved = interfaces.read_text() if interfaces.exists() else None
+    guest.run([*systemctl, "disable", "systemd-networkd.service", "systemd-networkd.socket"], log=log)
+    guest.run([*systemctl, "enable", "networking.service"], log=log)
+    interfaces.write_text(INTERFACES)
+    out["azprov-dhclient"] = guest.make_disk(rootfs, work / "image-azprov-dhclient.img")
+    guest.run([*systemctl, "disable", "networking.service"], log=log)
+    guest.run([*systemctl, "enable", "systemd-networkd.service"], log=log)
+    if saved is not None:
+        interfaces.write_text(saved)
+    guest.run([*systemctl, "mask", "dbus.service", "dbus.socket"], log=log)
+    out["azprov-nodbus"] = guest.make_disk(rootfs, work / "image-azprov-nodbus.img")
+    guest.run([*systemctl, "unmask", "dbus.service", "dbus.socket"], log=log)
+    return out
+
+
 def add_report_unit(rootfs: Path, unit: str, log: Path) -> None:
     target = rootfs / "usr/local/lib/azprov-boot"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "guest_report.py", target / "guest_report.py")
     (rootfs / "etc/systemd/system/azprov-boot-report.service").write_text(REPORT_UNIT.format(unit=unit))
-    guest.run(["systemctl", f"--root={rootfs}", "enable", "azprov-boot-report.service"], log=log)
+    (rootfs / "etc/systemd/system/azprov-boot-ipmon.service").write_text(IPMON_UNIT)
+    (rootfs / "etc/systemd/system/azprov-boot-pyref.service").write_text(PYREF_UNIT)
+    guest.run(["systemctl", f"--root={rootfs}", "enable", "azprov-boot-report.service",
+               "azprov-boot-ipmon.service", "azprov-boot-pyref.service"], log=log)
 
 
 def copy_disk(src: Path, dest: Path) -> Path:
@@ -389,6 +496,60 @@ def expect_provisioned(boot: Boot, hostname: str, vm_id: str) -> dict[str, Any]:
     return status
 
 
+def address_removals(boot: Boot) -> list[str]:
+    """`ip monitor` lines in the guest that removed an IPv4 address (the interface bounced)."""
+    lines = ((boot.report or {}).get("ipmon") or "").splitlines()
+    return [line for line in lines if "Deleted" in line and " inet " in line]
+
+
+_IPMON = re.compile(r"^\[\s*(\d+\.\d+)\].*?(Deleted )?\d+: (\S+)\s+inet (\S+)")
+
+
+def address_gaps(ipmon: str) -> list[tuple[str, float | None]]:
+    """Pure: for each IPv4 address removal in `ip monitor` journal lines, (address, seconds until the same
+    address was back on the same interface, or None if it never came back)."""
+    events = [(float(m.group(1)), bool(m.group(2)), m.group(3), m.group(4))
+              for m in map(_IPMON.match, ipmon.splitlines()) if m]
+    gaps: list[tuple[str, float | None]] = []
+    for i, (t, deleted, iface, addr) in enumerate(events):
+        if deleted:
+            back = next((t2 for t2, d2, i2, a2 in events[i + 1:] if not d2 and (i2, a2) == (iface, addr)), None)
+            gaps.append((addr, None if back is None else round(back - t, 3)))
+    return gaps
+
+
+def published(boot: Boot, hostname: str) -> tuple[list[pcap.Dhcp], list[pcap.Dhcp]]:
+    """(all DHCP REQUESTs seen, those that carry `hostname` in option 12 or 81)."""
+    requests = [m for m in boot.dhcp() if m.kind == "REQUEST"]
+    return requests, [m for m in requests if hostname in m.names() or any(
+        n.split(".")[0] == hostname for n in m.names())]
+
+
+# systemd 252's `networkctl reconfigure` restarts the DHCP client (RELEASE, address removed, DISCOVER): there is
+# no gentler way to make networkd send a new name. The check allows that one short gap, and only that.
+NETWORKD_GAP_LIMIT = 1.0
+
+
+def expect_published(boot: Boot, hostname: str, notes: dict[str, Any], allowed_gap: float = 0.0) -> None:
+    """After provisioning, a DHCP REQUEST carried the new name, and the IPv4 address was never removed (or,
+    with `allowed_gap`, came back within that many seconds, as the same address)."""
+    requests, carrying = published(boot, hostname)
+    notes["dhcp"] = [(round(m.t - boot.started_wall, 2), m.kind, "/".join(m.names()) or "-") for m in boot.dhcp()]
+    notes["address_removed"] = address_removals(boot)
+    status = status_of(boot)
+    notes["publish_step"] = status.get("steps", {}).get("publish")
+    check(bool(carrying), f"{boot.name}: no DHCP REQUEST carried option 12/81 = {hostname}",
+          [(m.kind, m.names()) for m in requests])
+    ready = boot.ready_at()
+    check(ready is not None and carrying[-1].t - boot.started_wall > ready,
+          f"{boot.name}: the REQUEST with the new name came before provisioning", notes["dhcp"])
+    gaps = address_gaps((boot.report or {}).get("ipmon") or "")
+    notes["address_gaps_s"] = gaps
+    check(all(gap is not None and gap <= allowed_gap for _, gap in gaps) if allowed_gap else not gaps,
+          f"{boot.name}: the IPv4 address was removed (interface bounce)", {"removed": notes["address_removed"],
+                                                                          "gaps_s": gaps})
+
+
 def _routes(boot: Boot) -> list[tuple[str, Any]]:
     return [(e["route"], e.get("status")) for e in boot.fabric_entries]
 
@@ -418,6 +579,7 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
         expect_ssh_after(b1)
         check(len([e for e in b1.fabric_entries if e.get("health_state") == "Ready"]) == 1,
               "first boot: exactly one Ready POST", _routes(b1))
+        expect_published(b1, "web-01", s1.notes, allowed_gap=NETWORKD_GAP_LIMIT)
     run_checks(s1, first_checks)
 
     with WatchedFabric(computer_name="web-01", vm_id=vm_id_for(vm1)) as fab:
@@ -437,7 +599,11 @@ def first_boot_chain(image: Path, m: Machine) -> list[Scenario]:
         b4 = m.boot("4-new-vm", fab, vm2)
     s4 = Scenario("new VM from the same disk (-uuid changed)", [b4])
     out.append(s4)
-    run_checks(s4, lambda: expect_provisioned(b4, "web-02", vm_id_for(vm2)))
+
+    def new_vm_checks() -> None:
+        expect_provisioned(b4, "web-02", vm_id_for(vm2))
+        expect_published(b4, "web-02", s4.notes, allowed_gap=NETWORKD_GAP_LIMIT)
+    run_checks(s4, new_vm_checks)
 
     # 7: the image builder's workflow: `azprov clean --machine-id` on the provisioned VM, "capture", and a VM
     # from that image (same SMBIOS UUID here, so only the clean can make it provision again).
@@ -577,6 +743,45 @@ def expect_provisioned_after_cut(b1: Boot, b2: Boot, held: str, vm_id: str) -> d
     return status
 
 
+def publish_dhclient(image: Path, m: Machine) -> Scenario:
+    """Hostname publishing with ifupdown + dhclient: dhclient is restarted as it was, its INIT-REBOOT REQUEST
+    carries the new name, and the address stays."""
+    vm = str(uuid.uuid4())
+    with WatchedFabric(computer_name="web-dhc", vm_id=vm_id_for(vm)) as fab:
+        b = m.boot("8-publish-dhclient", fab, vm, extra_cmdline=IFUPDOWN_CMDLINE)
+    s = Scenario("hostname published with ifupdown + dhclient", [b])
+
+    def checks() -> None:
+        expect_provisioned(b, "web-dhc", vm_id_for(vm))
+        expect_published(b, "web-dhc", s.notes)
+        check((s.notes.get("publish_step") or {}).get("status") == "done", "dhclient: publish step", s.notes)
+    run_checks(s, checks)
+    return s
+
+
+def publish_no_dbus(image: Path, m: Machine) -> Scenario:
+    """networkd without a system bus: networkctl cannot reach networkd, so the publish step is a recoverable
+    error shown by --status, and provisioning still ends done."""
+    vm = str(uuid.uuid4())
+    with WatchedFabric(computer_name="web-nobus", vm_id=vm_id_for(vm)) as fab:
+        b = m.boot("9-publish-no-dbus", fab, vm)
+    s = Scenario("networkd without D-Bus: publishing is best effort", [b])
+
+    def checks() -> None:
+        status = expect_provisioned(b, "web-nobus", vm_id_for(vm))
+        step = status.get("steps", {}).get("publish") or {}
+        s.notes["publish_step"] = step
+        s.notes["recoverable_errors"] = status.get("recoverable_errors")
+        s.notes["dhcp"] = [(round(x.t - b.started_wall, 2), x.kind, "/".join(x.names()) or "-") for x in b.dhcp()]
+        s.notes["address_removed"] = address_removals(b)
+        check(step.get("status") == "recoverable_error", "no-dbus: publish should be a recoverable error", step)
+        check(any(e.get("step") == "publish" for e in status.get("recoverable_errors", [])),
+              "no-dbus: --status does not list the publish error", status.get("recoverable_errors"))
+        check(not s.notes["address_removed"], "no-dbus: address removed", s.notes["address_removed"])
+    run_checks(s, checks)
+    return s
+
+
 def opt_out(image: Path, m: Machine) -> Scenario:
     """Scenario 5: azprov=disabled on the kernel command line: the unit is skipped, the fabric never hears."""
     vm = str(uuid.uuid4())
@@ -597,7 +802,7 @@ def opt_out(image: Path, m: Machine) -> Scenario:
 
 
 def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: int,
-            variants: tuple[str, ...] = ("azprov", "seed")) -> Scenario:
+            variants: tuple[str, ...] = ("azprov", "seed"), reboots: bool = False) -> Scenario:
     """First boots of azprov and of the seed document's unit (script + curl hostname), alternated on fresh
     copies of the same guest, for the timing comparison. azprov is asserted as in scenario 1; the seed is
     measured, not asserted (it is what azprov replaces)."""
@@ -613,7 +818,17 @@ def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: i
             # model: script that one answer (route "unknown") as IMDS gives it, so the seed gets its hostname.
             script = {"unknown": [{"status": 200, "body": name}]} if variant == "seed" else None
             with WatchedFabric(computer_name=name, vm_id=vm_id_for(vm), script=script) as fab:
-                b = m.boot(f"compare-{name}", fab, vm)
+                try:
+                    b = m.boot(f"compare-{name}", fab, vm)
+                except BootTestError as e:  # a comparison agent that never finishes is a result, not the end
+                    if variant.startswith("azprov"):
+                        raise
+                    s.notes.setdefault(f"{variant}_failed", []).append(str(e)[:300])
+                    disk.unlink()
+                    continue
+                if reboots and variant == "azprov":
+                    again = m.boot(f"reboot-{name}", fab, vm)
+                    s.notes.setdefault("reboot", []).append(reboot_doc(again))
             boots.append(b)
             disk.unlink()
             if variant.startswith("azprov"):
@@ -622,15 +837,61 @@ def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: i
                 run_checks(s, checks)
                 if s.error:
                     return s
-            else:
-                s.notes.setdefault("seed_hostname_set", []).append((b.report or {}).get("hostname") == name)
+            s.notes.setdefault(f"{variant}_hostname_set", []).append((b.report or {}).get("hostname") == name)
+            s.notes.setdefault(f"{variant}_published", []).append(bool(published(b, name)[1]))
+            s.notes.setdefault(f"{variant}_address_removed", []).append(len(address_removals(b)))
     for variant in variants:
-        times = sorted(t for b in boots if b.name.rsplit("-", 1)[0] == f"compare-{variant}" and (t := b.ready_at()))
-        s.notes[f"{variant}_ready_s"] = [round(t, 2) for t in times]
-        if times:
-            s.notes[f"{variant}_ready_median_s"] = round(times[len(times) // 2], 2)
+        mine = [b for b in boots if b.name.rsplit("-", 1)[0] == f"compare-{variant}"]
+        for key, values in (("ready", [b.ready_at() for b in mine]),
+                            ("lease_to_ready", [lease_to_ready(b) for b in mine]),
+                            ("unit_to_ready", [unit_to_ready(b) for b in mine])):
+            got = sorted(v for v in values if v is not None)
+            s.notes[f"{variant}_{key}_s"] = [round(v, 2) for v in got]
+            if got:
+                s.notes[f"{variant}_{key}_median_s"] = round(got[len(got) // 2], 2)
     s.ok = s.error is None
     return s
+
+
+def reboot_doc(b: Boot) -> dict[str, Any]:
+    """A provisioned VM's reboot: azprov's unit (start → active, guest clock) against `python3 -c pass`
+    started by a unit at the same point of the same boot, and the fabric requests (must be none)."""
+    report = b.report or {}
+
+    def active_s(props: dict[str, Any]) -> float | None:
+        start, done = (_usec(props.get("InactiveExitTimestampMonotonic")),
+                       _usec(props.get("ActiveEnterTimestampMonotonic")))
+        return None if start is None or done is None else round(done - start, 3)
+
+    return {"boot": b.name, "fabric_requests": len(b.fabric_entries),
+            "azprov_unit_s": active_s(report.get("props") or {}),
+            "python_pass_unit_s": active_s(report.get("pyref_props") or {}),
+            "warm": report.get("timings_warm")}
+
+
+def lease_to_ready(b: Boot) -> float | None:
+    """Seconds from the first DHCP ACK the guest got (the capture, host clock) to the accepted Ready."""
+    ready = b.ready_at()
+    acks = [m.t - b.started_wall for m in b.dhcp() if m.kind == "ACK"]
+    return None if ready is None or not acks else ready - acks[0]
+
+
+def unit_to_ready(b: Boot) -> float | None:
+    """Seconds from the agent's unit start (guest clock) to the accepted Ready, the guest clock mapped to the
+    host's through the first lease: the capture's first ACK and networkd's or dhclient's lease line. None for
+    cloud-init, whose own DHCP comes first and has no lease line to map it by."""
+    report = b.report or {}
+    if report.get("unit") == CLOUD_INIT_UNIT:
+        return None
+    start = _usec((report.get("props") or {}).get("InactiveExitTimestampMonotonic"))
+    timeline = guest_timeline((report.get("journal") or "") + "\n" + (report.get("network_journal") or ""))
+    lease_guest = timeline.get("lease (networkd)") or timeline.get("lease (dhclient)")
+    acks = [m.t - b.started_wall for m in b.dhcp() if m.kind == "ACK"]
+    ready = b.ready_at()
+    if start is None or lease_guest is None or not acks or ready is None:
+        return None
+    offset = acks[0] - lease_guest
+    return ready - (start + offset)
 
 
 def run_checks(s: Scenario, fn: Callable[[], Any]) -> Any:
@@ -669,11 +930,16 @@ def boot_doc(b: Boot) -> dict[str, Any]:
             "unit_done_guest_s": done,
             "unit": {k: props.get(k) for k in ("ActiveState", "SubState", "Result", "ConditionResult")},
             "host_load_1min": list(b.host_load), "timings_warm": report.get("timings_warm"),
-            "guest_timeline_s": guest_timeline(report.get("journal") or "")}
+            "guest_timeline_s": guest_timeline((report.get("journal") or "") + "\n"
+                                               + (report.get("network_journal") or "")),
+            "dhcp": [(round(m.t - b.started_wall, 2), m.kind, "/".join(m.names()) or "-") for m in b.dhcp()],
+            "address_removed": address_removals(b)}
 
 
 # Journal messages that mark azprov's progress (its log lines; the unit's start/finish come from systemd).
 MILESTONES = {"unit starting": "Starting ", "azprov running": "azprov: starting",
+              "lease (networkd)": "DHCPv4 address", "lease (dhclient)": "bound to ",
+              "hostname published": "hostname published",
               "fast path (already provisioned)": "already provisioned", "wireserver reachable": "WireServer reachable",
               "goal state received": "goal state received", "ready reported": "reported Ready",
               "hostname set": "hostname set", "unit finished": "Finished "}
@@ -729,11 +995,18 @@ def markdown(doc: dict[str, Any]) -> str:
                          f"| {b['host_load_1min'][0]:.1f}–{b['host_load_1min'][1]:.1f} |")
     for s in doc["scenarios"]:
         notes = s["notes"]
-        runs = [(k[: -len("_ready_s")], v) for k, v in notes.items() if k.endswith("_ready_s")]
-        if runs:
-            parts = [f"{name} {times} s (median {notes.get(name + '_ready_median_s', '-')})" for name, times in runs]
-            lines += ["", "QEMU start → Ready accepted, first boots alternated on fresh disks: "
-                      + "; ".join(parts) + "."]
+        variants = [k[: -len("_ready_s")] for k in notes if k.endswith("_ready_s")
+                    and not k.endswith(("_lease_to_ready_s", "_unit_to_ready_s"))]
+        if variants:
+            lines += ["", "First boots alternated on fresh disks, medians (all boots in brackets), seconds:", "",
+                      "| agent | QEMU start → Ready | first DHCP ACK → Ready | unit start → Ready "
+                      "| new name in a later DHCP REQUEST | IPv4 address removed |", "|---|---|---|---|---|---|"]
+            for v in variants:
+                cells = [f"{notes.get(f'{v}_{k}_median_s', '-')} {notes.get(f'{v}_{k}_s', [])}"
+                         for k in ("ready", "lease_to_ready", "unit_to_ready")]
+                pub = notes.get(f"{v}_published", [])
+                removed = notes.get(f"{v}_address_removed", [])
+                lines.append(f"| {v} | {' | '.join(cells)} | {sum(pub)}/{len(pub)} | {removed} |")
     return "\n".join(lines) + "\n"
 
 
@@ -746,7 +1019,8 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
-SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "full-provisioning", "deb", "compare")
+SCENARIOS = ("first-boot-chain", "power-cut", "power-cut-imds", "opt-out", "full-provisioning", "deb",
+             "publish-dhclient", "publish-no-dbus", "compare")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -755,6 +1029,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only these (default: all; 'first-boot-chain' is scenarios 1, 3 and 4)")
     p.add_argument("--no-compare", action="store_true", help="skip the timing comparison with the seed's unit")
     p.add_argument("--repeat", type=int, default=1, help="first boots per variant in the comparison")
+    p.add_argument("--cloud-init", action="store_true",
+                   help="add to the comparison Debian's cloud-init (Azure datasource) in a copy of the guest")
+    p.add_argument("--reboots", action="store_true",
+                   help="in the comparison, reboot each provisioned azprov VM once (the fast path)")
+    p.add_argument("--early", action="store_true",
+                   help="add to the comparison azprov ordered after local-fs.target only (diagnostic)")
     p.add_argument("--unhardened", action="store_true",
                    help="add to the comparison azprov with its sandbox switched off (diagnostic)")
     p.add_argument("--record", action="store_true",
@@ -771,13 +1051,19 @@ def main(argv: list[str] | None = None) -> int:
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
     images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
-                          unhardened=args.unhardened, full="full-provisioning" in chosen, deb="deb" in chosen)
+                          unhardened=args.unhardened, early=args.early, full="full-provisioning" in chosen,
+                          deb="deb" in chosen,
+                          cloud_init=args.cloud_init and "compare" in chosen,
+                          managers=bool({"publish-dhclient", "publish-no-dbus"} & set(chosen)))
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
     scenarios: list[Scenario] = []
     runners: dict[str, Callable[[Path, Machine], Any]] = {
         "first-boot-chain": first_boot_chain, "power-cut": power_cut, "power-cut-imds": power_cut_imds,
-        "opt-out": opt_out, "full-provisioning": full_provisioning, "deb": deb_first_boot}
+        "opt-out": opt_out, "full-provisioning": full_provisioning, "publish-dhclient": publish_dhclient,
+        "publish-no-dbus": publish_no_dbus, "deb": deb_first_boot}
+    variant_of = {"full-provisioning": "azprov-full", "publish-dhclient": "azprov-dhclient",
+                  "publish-no-dbus": "azprov-nodbus", "deb": "azprov-deb"}
     for name in chosen:
         if name == "compare" and "seed" not in images:
             say(f"{name}: skipped (the seed document is not at {seed.SEED_DIR})")
@@ -785,10 +1071,11 @@ def main(argv: list[str] | None = None) -> int:
         disk = work / f"disk-{name}.img"
         try:
             if name == "compare":
-                variants = ("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
-                got = compare(images, work, kernel, args.repeat, variants)
+                variants = (("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
+                            + (("azprov-early",) if args.early else ()) + (("cloud-init",) if args.cloud_init else ()))
+                got = compare(images, work, kernel, args.repeat, variants, args.reboots)
             else:
-                image = images[{"full-provisioning": "azprov-full", "deb": "azprov-deb"}.get(name, "azprov")]
+                image = images[variant_of.get(name, "azprov")]
                 machine = Machine(disk=copy_disk(image, disk), kernel=kernel, work=work, accel=accel())
                 got = runners[name](disk, machine)
         except BootTestError as e:
