@@ -1,5 +1,5 @@
 """The boot test's host-side plumbing and the shipped unit, without booting anything: the apt mirror lookup,
-the vmlinux extraction, the guestfwd relay, the seed document loader, the results table, the unit's
+the vmlinux extraction, the guestfwd relay, the article loader, the results table, the unit's
 directives, and (slow) `make install` into a staging root."""
 
 from __future__ import annotations

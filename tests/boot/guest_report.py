@@ -4,7 +4,7 @@
 Installed only into the boot test's image (never by `make install`), by azprov-boot-report.service, which
 is ordered after the unit under test. Writes one JSON document to /var/lib/azprov-boot/report-<n>.json,
 prints it to the serial console between markers, syncs, and powers the VM off so QEMU exits.
-Usage: guest_report.py UNIT (azprov.service, or the seed document's azure-provisioning.service).
+Usage: guest_report.py UNIT (azprov.service, or the article's azure-provisioning.service).
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ Logic overview:
 3. Each boot: a fresh QEMU (TCG unless the CPU shows vmx/svm) with slirp networking (restrict=on, ipv6=off,
    net=168.0.0.0/7) whose guestfwd rules take 168.63.129.16:80 and 169.254.169.254:80 to relay.py, which only
    connects to the in-process FakeFabric on 127.0.0.1. The guest uses the real default endpoints.
-4. Scenarios (issue 4): first boot; power cut while the fabric holds the health POST, then boot again;
+4. Scenarios: first boot; power cut while the fabric holds the health POST, then boot again;
    reboot of the provisioned VM (no fabric traffic); a new VM from the same disk (-uuid changed); the
-   opt-out on the kernel command line. Optionally the seed document's unit on the same guest, for timings.
+   opt-out on the kernel command line. Optionally the article's unit on the same guest, for timings.
 5. Assertions use the fabric's log (host side) and the report read from the disk image after shutdown
    (debugfs, no mount). Timings: QEMU start → Ready accepted (host monotonic clock, the fake's log uses it).
 
@@ -332,7 +332,7 @@ Before=shutdown.target
 """
 
 
-FULL_CONFIG = """# boot test: full provisioning (issue 5's steps)
+FULL_CONFIG = """# boot test: full provisioning
 [configure]
 steps = ["hostname", "user", "ssh_keys"]
 """
@@ -643,7 +643,7 @@ def expect_ssh_after(boot: Boot) -> None:
 
 
 def full_provisioning(image: Path, m: Machine) -> Scenario:
-    """Scenario 6: steps hostname, user, ssh_keys through the real unit and its sandbox: the admin user
+    """Full provisioning: steps hostname, user, ssh_keys through the real unit and its sandbox: the admin user
     exists in the sudo group, its key is installed 0600 in a 0700 ~/.ssh it owns, sshd starts after."""
     vm = str(uuid.uuid4())
     key = ssh_key_line()
@@ -692,12 +692,12 @@ def expect_unit_ok(boot: Boot) -> None:
 
 
 def power_cut(image: Path, m: Machine) -> Scenario:
-    """Scenario 2: the fabric holds the health POST; the VM loses power; the next boot resumes and ends Ready."""
+    """Power cut: the fabric holds the health POST; the VM loses power; the next boot resumes and ends Ready."""
     return _power_cut(m, "health", "reporting", "2", "power cut during the health POST, then boot again")
 
 
 def power_cut_imds(image: Path, m: Machine) -> Scenario:
-    """Scenario 2b: Ready already accepted, the fabric holds the IMDS GET; the power goes; the next boot
+    """Power cut after Ready: Ready already accepted, the fabric holds the IMDS GET; the power goes; the next boot
     finishes configuring without a second Ready."""
     return _power_cut(m, "imds", "configuring", "2b", "power cut during the IMDS GET (after Ready), then boot again")
 
@@ -783,7 +783,7 @@ def publish_no_dbus(image: Path, m: Machine) -> Scenario:
 
 
 def opt_out(image: Path, m: Machine) -> Scenario:
-    """Scenario 5: azprov=disabled on the kernel command line: the unit is skipped, the fabric never hears."""
+    """Opt-out: azprov=disabled on the kernel command line: the unit is skipped, the fabric never hears."""
     vm = str(uuid.uuid4())
     with WatchedFabric(computer_name="web-off", vm_id=vm_id_for(vm)) as fab:
         b = m.boot("5-opt-out", fab, vm, extra_cmdline="azprov=disabled")
@@ -803,8 +803,8 @@ def opt_out(image: Path, m: Machine) -> Scenario:
 
 def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: int,
             variants: tuple[str, ...] = ("azprov", "seed"), reboots: bool = False) -> Scenario:
-    """First boots of azprov and of the seed document's unit (script + curl hostname), alternated on fresh
-    copies of the same guest, for the timing comparison. azprov is asserted as in scenario 1; the seed is
+    """First boots of azprov and of the article's unit (script + curl hostname), alternated on fresh
+    copies of the same guest, for the timing comparison. azprov is asserted as in the first boot; the article's unit is
     measured, not asserted (it is what azprov replaces)."""
     boots: list[Boot] = []
     s = Scenario(f"first boot, {' vs '.join(variants)} (x{repeat}, alternated)", boots)
@@ -1066,7 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
                   "publish-no-dbus": "azprov-nodbus", "deb": "azprov-deb"}
     for name in chosen:
         if name == "compare" and "seed" not in images:
-            say(f"{name}: skipped (the seed document is not at {seed.SEED_DIR})")
+            say(f"{name}: skipped (no copy of the article at {seed.SEED_DIR})")
             continue
         disk = work / f"disk-{name}.img"
         try:

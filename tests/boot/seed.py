@@ -1,8 +1,9 @@
-"""The seed document's provisioning (its Python script and its systemd unit), for the boot test's comparison.
+"""The provisioning of Microsoft's article "Creating generalized images without a provisioning agent" (its
+Python script and its systemd unit), for the boot test's comparison.
 
-Taken verbatim from the shared seed how-to at test time (../shared/seeds/, beside the repository), never
-copied into this repository: the first ```python block is the script, the ```bash block that starts with
-[Unit] is the unit. Installed as the document says: /usr/local/azure-provisioning.py and
+Taken verbatim from a copy of the article at test time (AZPROV_SEED_DIR, or ../shared/seeds beside the
+checkout), never copied into this repository: the first ```python block is the script, the ```bash block
+that starts with [Unit] is the unit. Installed as the document says: /usr/local/azure-provisioning.py and
 /etc/systemd/system/azure-provisioning.service.
 """
 
@@ -13,7 +14,7 @@ import re
 from pathlib import Path
 
 _REPO = Path(__file__).resolve().parents[2]
-# ../shared beside the checkout (CI), or beside the worktrees' parent (a worktree under /work/wt/).
+# A copy of the article: AZPROV_SEED_DIR, or a `shared/seeds` folder beside the checkout or its parent.
 _CANDIDATES = [_REPO.parent / "shared" / "seeds", _REPO.parent.parent / "shared" / "seeds"]
 SEED_DIR = Path(os.environ.get("AZPROV_SEED_DIR") or next((c for c in _CANDIDATES if c.is_dir()), _CANDIDATES[0]))
 # The es-ES revision reads the Incarnation from the goal state; the older one hard-codes 1.
@@ -29,7 +30,7 @@ def available() -> bool:
 
 
 def load(path: Path | None = None) -> tuple[str, str]:
-    """(script, unit) from the seed document."""
+    """(script, unit) from the article."""
     text = (path or SEED_DIR / SEED_FILE).read_text(encoding="utf-8")
     blocks = [(lang, body) for lang, body in _BLOCK.findall(text)]
     script = next(body for lang, body in blocks if lang == "python")
