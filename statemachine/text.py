@@ -94,6 +94,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+MAX_JSON_DEPTH = 64  # IMDS documents and our records nest five or six levels deep
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of arrays and objects in `text`, strings skipped. Checked before decoding, so a
+    hostile document is refused without driving the decoder to the recursion limit (where even reporting
+    the error can fail)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def decode_json(raw: bytes, encoding: str = "utf-8") -> Any:
     """The one JSON reader for outside documents (IMDS, the record). Every way decoding can fail raises
     ValueError with a short message: bad UTF-8, bad syntax, NaN/Infinity (not JSON), numbers that overflow
@@ -101,7 +117,10 @@ def decode_json(raw: bytes, encoding: str = "utf-8") -> Any:
     import json
 
     try:
-        return json.loads(raw.decode(encoding), parse_float=_finite, parse_constant=_no_constant)
+        text = raw.decode(encoding)
+        if _nesting(text) > MAX_JSON_DEPTH:
+            raise ValueError("document is nested too deeply")
+        return json.loads(text, parse_float=_finite, parse_constant=_no_constant)
     except RecursionError:
         raise ValueError("document is nested too deeply") from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
