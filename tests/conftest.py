@@ -34,6 +34,21 @@ os.environ["AZPROV_CONFIG_DIR"] = str(_GUARD)
 from fakefabric import FakeFabric  # noqa: E402
 
 
+class FakeClock:
+    """Monotonic time that moves only when slept through: retry and runner tests run in no real time."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 @pytest.fixture
 def fabric() -> Iterator[FakeFabric]:
     with FakeFabric() as fake:

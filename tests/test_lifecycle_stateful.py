@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hypothesis
 import pytest
+from conftest import FakeClock
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -41,16 +42,6 @@ ALLOWED = {(str(s.value), str(t["dest"].value)) for t in TRANSITIONS
 class PowerCut(BaseException):
     """Stands for SIGKILL at a failpoint: not an Exception, so nothing in the agent handles it."""
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Boots(RuleBasedStateMachine):
@@ -107,7 +98,7 @@ class Boots(RuleBasedStateMachine):
         saved = [m.failpoint for m in patched]  # type: ignore[attr-defined]
         for module in patched:
             module.failpoint = self.failpoint  # type: ignore[attr-defined]
-        clock = Clock()
+        clock = FakeClock()
         try:
             return runner.run(Context(self.cfg, clock=clock, sleep=clock.sleep),
                               {p: self.step(p) for p in ACTIVE}, self.report_failure)

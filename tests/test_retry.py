@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from conftest import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine import retry
 from statemachine.errors import AgentError, FabricError, GoneError, NoRouteError, NotListeningError
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_delays_grow_to_the_cap_with_jitter_never_below_half() -> None:
@@ -43,7 +31,7 @@ def test_retry_after_is_a_floor_with_jitter_growing_to_half_of_it() -> None:
 
 
 def test_until_deadline_retries_retryable_errors_then_succeeds() -> None:
-    clock, calls = Clock(), []
+    clock, calls = FakeClock(), []
 
     def call() -> str:
         calls.append(clock.now)
@@ -56,7 +44,7 @@ def test_until_deadline_retries_retryable_errors_then_succeeds() -> None:
 
 
 def test_until_deadline_raises_what_is_not_retryable_at_once() -> None:
-    clock = Clock()
+    clock = FakeClock()
 
     def call() -> None:
         raise AgentError("bad request")
@@ -67,7 +55,7 @@ def test_until_deadline_raises_what_is_not_retryable_at_once() -> None:
 
 
 def test_until_deadline_uses_the_whole_budget_then_gives_up_before_the_deadline() -> None:
-    clock, calls = Clock(), []
+    clock, calls = FakeClock(), []
 
     def call() -> None:
         calls.append(clock.now)
@@ -134,7 +122,7 @@ def test_the_paces_match_what_each_failure_costs() -> None:
     assert max(tight) <= 0.005
     capped = retry.backoff(NotListeningError("x"), 10**6, retry.WIRESERVER, rand=lambda: 1.0)
     assert capped <= 1.0 and retry.backoff(NotListeningError("x"), 10**6, retry.WIRESERVER, rand=lambda: 0.0) == 0.0
-    clock = Clock()
+    clock = FakeClock()
     for n in range(1, 200):  # a refusing fabric: expected waits once past the first two seconds
         clock.now += retry.backoff(NotListeningError("x"), n, retry.WIRESERVER, rand=lambda: 0.5)
     assert clock.now > 2.0 and 199 / clock.now < 10
@@ -153,7 +141,7 @@ def test_single_vm_budgets_for_5xx_and_410() -> None:
 
 
 def test_until_deadline_reports_each_retry_before_sleeping() -> None:
-    clock, seen = Clock(), []
+    clock, seen = FakeClock(), []
 
     def call() -> None:
         raise NoRouteError("no route")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FakeClock
 
 from statemachine import persistence, runner
 from statemachine.config import AgentConfig, Config, FabricConfig, IdentityConfig, KvpConfig, PathsConfig
@@ -20,18 +21,6 @@ from statemachine.phase import Phase
 SUCCESS = {Phase.NETWORK_WAIT: "network_up", Phase.GOALSTATE: "goal_state_received",
            Phase.REPORTING: "reported", Phase.CONFIGURING: "configured"}
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 class Fabric:
@@ -72,8 +61,8 @@ def cfg(tmp_path: Path) -> Config:
                   kvp=KvpConfig(enabled=False), agent=AgentConfig(max_boot_attempts=2))
 
 
-def run(cfg: Config, fabric: Fabric, clock: Clock | None = None) -> Phase:
-    clock = clock or Clock()
+def run(cfg: Config, fabric: Fabric, clock: FakeClock | None = None) -> Phase:
+    clock = clock or FakeClock(1000.0)
     return runner.run(Context(cfg, clock=clock, sleep=clock.sleep), fabric.steps(), fabric.report_failure)
 
 
@@ -106,7 +95,7 @@ def test_a_later_run_of_a_done_vm_writes_nothing(cfg: Config) -> None:
 
 
 def test_retryable_errors_are_retried_saved_and_reset_on_the_next_transition(cfg: Config) -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     fabric = Fabric({Phase.GOALSTATE: [FabricError("busy", retryable=True, status=503)] * 3})
     assert run(cfg, fabric, clock) is Phase.DONE
     assert fabric.calls.count(Phase.GOALSTATE) == 4 and len(clock.slept) == 3
@@ -129,7 +118,7 @@ def test_network_probes_are_neither_saved_nor_counted_as_failures(cfg: Config) -
 
 
 def test_a_410_is_retried_at_once(cfg: Config) -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     fabric = Fabric({Phase.REPORTING: [GoneError("stale")] * 3})
     assert run(cfg, fabric, clock) is Phase.DONE
     assert clock.slept == [0.0, 0.0, 0.0]
