@@ -28,9 +28,11 @@ from statemachine.health import (
     success_report,
     unescape_value,
 )
-from statemachine.text import clean
+from statemachine.text import clean, representable
 
-TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs"]))
+# Text every sink can carry as it is (no lone surrogates, no noncharacters or unassigned code points);
+# the rest is made representable on the way out, which test_any_text_travels_representable pins.
+TEXT = st.text(alphabet=st.characters(exclude_categories=["Cs", "Cn"]))
 KEY = st.from_regex(r"[A-Za-z0-9_.-]{1,12}", fullmatch=True)
 TS = "2026-11-23T14:00:00.000Z"
 
@@ -61,6 +63,13 @@ def test_specials_are_escaped_and_restored(value: str) -> None:
 @given(st.lists(st.tuples(KEY, TEXT), max_size=8))
 def test_fields_round_trip(items: list[tuple[str, str]]) -> None:
     assert decode_fields(encode_fields(items)) == items
+
+
+@given(st.lists(st.tuples(KEY, st.text()), max_size=8))
+def test_any_text_travels_representable(items: list[tuple[str, str]]) -> None:
+    wire = encode_fields(items)
+    assert representable(wire) == wire  # the report line can always be sent and stored
+    assert [k for k, _ in decode_fields(wire)] == [k for k, _ in items]
 
 
 @given(reason=TEXT.filter(bool), data=st.dictionaries(KEY, TEXT, max_size=6), vm_id=st.uuids().map(str))
