@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional  # Optional: the Target alias is evaluated at run time, before 3.10 has `X | None`
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -453,7 +453,7 @@ def _median(stats: dict[str, dict[str, Any]], agent: str, metric: str) -> float 
     return ((stats.get(agent) or {}).get(metric) or {}).get("median")
 
 
-Target = tuple[str, str, float | None, dict[str, float] | None, float]  # key, what, value, per-run, limit
+Target = tuple[str, str, Optional[float], Optional[dict[str, float]], float]  # key, what, value, per-run, limit
 
 
 def targets(raws: dict[str, dict[str, Any]]) -> list[Target]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import subprocess
@@ -47,6 +48,18 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def _fresh_loggers() -> Iterator[None]:
+    """An in-process run configures azprov's loggers (own handler, no propagation); undo that after each
+    test, so a later test's caplog still sees their records whatever ran before it."""
+    yield
+    for name in ("azprov", "statemachine", "states"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
 
 
 @pytest.fixture
