@@ -795,7 +795,9 @@ def opt_out(image: Path, m: Machine) -> Scenario:
         check(props.get("ConditionResult") == "no" and props.get("ActiveState") == "inactive",
               "opt-out: unit should be skipped by its condition", props)
         check(not b.fabric_entries, "opt-out: fabric traffic", _routes(b))
-        check(status_of(b).get("state") == "not_started", "opt-out: record", status_of(b))
+        status = status_of(b)
+        check(status.get("state") == "disabled" and status.get("boot_attempts") == 0
+              and "azprov=disabled" in str(status.get("disabled_reason")), "opt-out: status", status)
         check((b.report or {}).get("hostname") == "template", "opt-out: hostname untouched")
     run_checks(s, checks)
     return s
