@@ -63,6 +63,15 @@ class ConfigError(AgentError):
     `/etc/azprov/azprov.toml:12: fabric.network_timeout: configuration value has the wrong type (expected a
     float, got a string)`. `expected` and `got` are TOML's type words."""
 
+    @classmethod
+    def from_dict(cls, entry: Any) -> ConfigError:
+        """Back from `as_dict` (as `--status --json` carries it), to be shown the same way."""
+        data = entry.get("data") if isinstance(entry, dict) else None
+        reason = entry.get("reason") if isinstance(entry, dict) else None
+        error = cls(str(reason or "configuration error"))
+        error.supporting_data = {str(k): v for k, v in data.items()} if isinstance(data, dict) else {}
+        return error
+
     def __str__(self) -> str:
         data = dict(self.supporting_data)
         file, line, key = (data.pop(k, None) for k in ("file", "line", "key"))

@@ -188,20 +188,22 @@ def transport_cause(error: BaseException, timeout: float) -> str:
     nothing better is known. Pure."""
     chain = _chain(error)
     for e in reversed(chain):  # innermost first: the errno the kernel gave
+        # errno and strerror are whatever the raiser passed: only an int errno is the kernel's
+        words = clean(e.strerror, 60).lower() if isinstance(e, OSError) and isinstance(e.strerror, str) else ""
         if isinstance(e, socket.gaierror):
-            return "name resolution failed" + (f" ({e.strerror.lower()})" if e.strerror else "")
+            return "name resolution failed" + (f" ({words})" if words else "")
         if isinstance(e, ssl.SSLError):
             return "TLS failed" + (f": {clean(str(e.reason), 60)}" if e.reason else "")
-        if isinstance(e, OSError) and e.errno is not None and not isinstance(e, requests.RequestException):
+        if isinstance(e, OSError) and isinstance(e.errno, int) and not isinstance(e, requests.RequestException):
             if e.errno in _ERRNO_CAUSES:
                 return _ERRNO_CAUSES[e.errno]
-            name = errno.errorcode.get(e.errno, str(e.errno))
-            return clean(f"{(e.strerror or 'error').lower()} ({name})", 80)
-    if any(isinstance(e, requests.ConnectTimeout) or (isinstance(e, urllib3.exceptions.ConnectTimeoutError)
-                                                      and not isinstance(e, urllib3.exceptions.NewConnectionError))
-           for e in chain):
+            return f"{words or 'error'} ({errno.errorcode.get(e.errno, e.errno)})"
+    # urllib3 makes a failed connect (NewConnectionError) a kind of ConnectTimeoutError: its errno said more
+    timeouts = [e for e in chain if isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+                and not isinstance(e, urllib3.exceptions.NewConnectionError)]
+    if any(isinstance(e, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)) for e in timeouts):
         return f"connect timed out after {_seconds(timeout)} s"
-    if any(isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)) for e in chain):
+    if timeouts:
         return f"timed out after {_seconds(timeout)} s"
     for e in reversed(chain):
         if isinstance(e, http.client.RemoteDisconnected):
