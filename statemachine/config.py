@@ -8,6 +8,7 @@ half-configured (exit 78). `conf/azprov.toml` must equal the defaults here; a te
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import stat
@@ -173,6 +174,21 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
+# Each field type (its annotation's text) in the words of the TOML specification, for the error messages.
+TOML_TYPES = {"float": "float", "int": "integer", "str": "string", "bool": "boolean",
+              "tuple[str, ...]": "array of strings"}
+
+
+def toml_type(value: Any) -> str:
+    """What TOML calls the type of a value `tomllib` returned."""
+    if isinstance(value, list):
+        odd = [toml_type(v) for v in value if not isinstance(v, str)]
+        return f"array containing {'an' if odd[0][0] in 'aeiou' else 'a'} {odd[0]}" if odd else "array"
+    names = [(bool, "boolean"), (str, "string"), (int, "integer"), (float, "float"), (dict, "table"),
+             (datetime.datetime, "date-time"), (datetime.date, "date"), (datetime.time, "time")]
+    return next((name for kind, name in names if isinstance(value, kind)), type(value).__name__)
+
+
 def _check_type(key: str, expected: str, value: Any, source: str) -> Any:
     """Coerce what TOML gave us to the field's type (its annotation's text), or name the key that is wrong."""
     if expected == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -185,8 +201,8 @@ def _check_type(key: str, expected: str, value: Any, source: str) -> Any:
         return value
     if expected == "tuple[str, ...]" and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise ConfigError("configuration value has the wrong type", key=key, expected=expected,
-                      got=type(value).__name__, file=source)
+    raise ConfigError("configuration value has the wrong type", file=source, key=key,
+                      expected=TOML_TYPES.get(expected, expected), got=toml_type(value))
 
 
 def merge(config: Config, layer: Mapping[str, Any], source: str) -> Config:
@@ -194,9 +210,9 @@ def merge(config: Config, layer: Mapping[str, Any], source: str) -> Config:
     sections: dict[str, Any] = {}
     for section_name, table in layer.items():
         if section_name not in Config._fields:
-            raise ConfigError("unknown configuration key", key=section_name, file=source)
+            raise ConfigError("unknown configuration key", file=source, key=section_name)
         if not isinstance(table, dict):
-            raise ConfigError("configuration section must be a table", key=section_name, file=source)
+            raise ConfigError("configuration section must be a table", file=source, key=section_name)
         current = getattr(config, section_name)
         # Each field's annotation as text ("float", "tuple[str, ...]"): NamedTuple keeps it as a ForwardRef.
         types = {k: str(getattr(t, "__forward_arg__", t)) for k, t in type(current).__annotations__.items()}
@@ -204,12 +220,12 @@ def merge(config: Config, layer: Mapping[str, Any], source: str) -> Config:
         for key, value in table.items():
             dotted = f"{section_name}.{key}"
             if key not in types:
-                raise ConfigError("unknown configuration key", key=dotted, file=source)
+                raise ConfigError("unknown configuration key", file=source, key=dotted)
             value = _check_type(dotted, types[key], value, source)
             problem = CHECKS[dotted](value) if dotted in CHECKS else None
             if problem:
-                raise ConfigError("configuration value is invalid", key=dotted, problem=problem,
-                                  value=value, file=source)
+                raise ConfigError("configuration value is invalid", file=source, key=dotted, problem=problem,
+                                  value=value)
             changes[key] = value
         sections[section_name] = current._replace(**changes)
     return config._replace(**sections)
@@ -249,7 +265,64 @@ def parse_text(text: str, source: str) -> dict[str, Any]:
         document: dict[str, Any] = tomllib.loads(text)
         return document
     except (tomllib.TOMLDecodeError, ValueError, RecursionError) as e:  # ValueError: a 5000-digit integer
-        raise ConfigError("configuration file is not valid TOML", file=source, error=str(e)[:200]) from e
+        at = re.search(r"at line (\d+)", str(e))
+        place = {"line": int(at.group(1))} if at else {}
+        raise ConfigError("configuration file is not valid TOML", file=source, **place,
+                          error=str(e)[:200]) from e
+
+
+# A table header `[a.b]` / `[[a]]` and the dotted key before a line's `=`, as far as the error lines need.
+_BARE_OR_QUOTED = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'"'[^']*')"
+_DOTTED = rf"{_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*"
+_HEADER = re.compile(rf"\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
+_KEY_LINE = re.compile(rf"\s*({_DOTTED})\s*=")
+_PART = re.compile(_BARE_OR_QUOTED)
+
+
+def _key_parts(dotted: str) -> list[str]:
+    return [p[1:-1] if p[:1] in "\"'" else p for p in _PART.findall(dotted)]
+
+
+def find_line(text: str, key: str) -> int | None:
+    """The 1-based line of `text` (a TOML document) where `key` ("section.key", or a section alone) is set:
+    under its `[section]` header, as a dotted key, or as an inline table; a section alone is found at its
+    header. Best effort: None when not found. Pure."""
+    target = key.split(".")
+    table: list[str] = []
+    in_string = ""  # the delimiter of the multi-line string being skipped
+    for number, line in enumerate(text.splitlines(), start=1):
+        if in_string:
+            if in_string in line:
+                in_string = ""
+            continue
+        header = _HEADER.match(line)
+        assigned = None if header else _KEY_LINE.match(line)
+        if header:
+            table = _key_parts(header.group(2))
+            if table == target:
+                return number
+        elif assigned:
+            path = table + _key_parts(assigned.group(1))
+            if path[:len(target)] == target or (len(path) < len(target) and path == target[:len(path)]
+                                                 and line[assigned.end():].lstrip().startswith("{")):
+                return number
+        for delimiter in ('"""', "'''"):
+            if line.count(delimiter) % 2:
+                in_string = delimiter
+                break
+    return None
+
+
+def _located(error: ConfigError, text: str) -> ConfigError:
+    """`error` with the line of its key in `text` where one is found; file, line and key lead its data,
+    as they lead its message."""
+    data = error.supporting_data
+    key = data.get("key")
+    line = data.get("line") or (find_line(text, key) if isinstance(key, str) else None)
+    lead = {"file": data.get("file"), "line": line, "key": key}
+    error.supporting_data = {**{k: v for k, v in lead.items() if v is not None},
+                             **{k: v for k, v in data.items() if k not in lead}}
+    return error
 
 
 def system_layers(system_dir: Path = SYSTEM_DIR) -> list[Path]:
@@ -266,7 +339,12 @@ def load(paths: Iterable[Path]) -> Config:
     """The defaults with each file applied in turn."""
     config = Config()
     for path in paths:
-        config = merge(config, parse_text(read_text(path), str(path)), str(path))
+        text = read_text(path)
+        try:
+            config = merge(config, parse_text(text, str(path)), str(path))
+        except ConfigError as e:
+            _located(e, text)
+            raise
     return config
 
 
@@ -289,10 +367,12 @@ def load_valid(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> tuple[Co
         return config, [ConfigError("configuration directory is unreadable", file=str(system_dir),
                                     error=e.strerror)]
     for path in paths:
+        text = ""
         try:
-            document = parse_text(read_text(path), str(path))
+            text = read_text(path)
+            document = parse_text(text, str(path))
         except ConfigError as e:
-            problems.append(e)
+            problems.append(_located(e, text))
             continue
         for section, table in document.items():
             pairs = [{section: {key: value}} for key, value in table.items()] if isinstance(table, dict) else [
@@ -301,5 +381,5 @@ def load_valid(explicit: Path | None, system_dir: Path = SYSTEM_DIR) -> tuple[Co
                 try:
                     config = merge(config, pair, str(path))
                 except ConfigError as e:
-                    problems.append(e)
+                    problems.append(_located(e, text))
     return config, problems

@@ -37,10 +37,13 @@ class AgentError(Exception):
         self.supporting_data: dict[str, Any] = supporting_data
 
     def __str__(self) -> str:
-        if not self.supporting_data:
-            return self.reason
-        details = ", ".join(f"{k}={v}" for k, v in sorted(self.supporting_data.items()))
-        return f"{self.reason} ({details})"
+        """`reason: detail (key=value, ...)`: our words, then the cause, then the rest."""
+        data = dict(self.supporting_data)
+        head = self.reason + (f": {data.pop('detail')}" if data.get("detail") not in (None, "") else "")
+        if not data:
+            return head
+        details = ", ".join(f"{k}={v}" for k, v in sorted(data.items()))
+        return f"{head} ({details})"
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON-safe form kept in the record's `last_error`."""
@@ -54,7 +57,51 @@ def _jsonable(value: Any) -> Any:
 
 
 class ConfigError(AgentError):
-    """The configuration cannot be used: unknown key, wrong type, unreadable or malformed file."""
+    """The configuration cannot be used: unknown key, wrong type, unreadable or malformed file.
+
+    Reads like a compiler's message, where the mistake is first:
+    `/etc/azprov/azprov.toml:12: fabric.network_timeout: configuration value has the wrong type (expected a
+    float, got a string)`. `expected` and `got` are TOML's type words."""
+
+    @classmethod
+    def from_dict(cls, entry: Any) -> ConfigError:
+        """Back from `as_dict` (as `--status --json` carries it), to be shown the same way."""
+        data = entry.get("data") if isinstance(entry, dict) else None
+        reason = entry.get("reason") if isinstance(entry, dict) else None
+        error = cls(str(reason or "configuration error"))
+        error.supporting_data = {str(k): v for k, v in data.items()} if isinstance(data, dict) else {}
+        return error
+
+    def __str__(self) -> str:
+        data = dict(self.supporting_data)
+        file, line, key = (data.pop(k, None) for k in ("file", "line", "key"))
+        place = f"{file}:{line}" if file and line else file
+        where = ": ".join(str(part) for part in (place, key) if part)
+        said = []
+        if "expected" in data or "got" in data:
+            said.append(f"expected {_article(data.pop('expected', '?'))}, got {_article(data.pop('got', '?'))}")
+        if "problem" in data:
+            said.append((f"got {_toml(data.pop('value'))}: " if "value" in data else "") + str(data.pop("problem")))
+        if "error" in data:  # the parser's or the system's own words
+            said.append(str(data.pop("error")))
+        said += [f"{k}={v}" for k, v in sorted(data.items())]
+        return (f"{where}: " if where else "") + self.reason + (f" ({'; '.join(said)})" if said else "")
+
+
+def _article(word: object) -> str:
+    text = str(word)
+    return ("an " if text[:1] in ("a", "e", "i", "o", "u") else "a ") + text
+
+
+def _toml(value: object) -> str:
+    """A value as TOML writes it: a string quoted, an array in brackets, a boolean in lower case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
 
 
 class FabricError(AgentError):

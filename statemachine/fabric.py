@@ -4,21 +4,27 @@ The only module that imports `requests`. Every call has a hard overall deadline 
 a second cannot hold us past `timeout`), a body-size cap, and proxies disabled (`trust_env = False`: both
 Azure endpoints must bypass any proxy).
 Failures become `FabricError`, retryable or not by the status code tables below, decided once when it is
-raised; the runner's retry loop decides what to do with them.
+raised; the runner's retry loop decides what to do with them. Its `detail` is a short cause in our words
+("connection refused", "timed out after 30 s", "HTTP 503 Service Unavailable"), never a library's repr.
 """
 
 from __future__ import annotations
 
+import errno
+import http.client
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from http import HTTPStatus
 from types import FrameType
 from typing import Any, Callable
 
 import requests
+import urllib3.exceptions
 
 from statemachine import AGENT_NAME, __version__
 from statemachine.errors import FabricError, GoneError
@@ -99,8 +105,8 @@ class Http:
             resp = self.session.request(method, url, headers=dict(headers), data=body, stream=True,
                                         timeout=(timeout, timeout), allow_redirects=False)
         except requests.RequestException as e:
-            raise FabricError("request to the fabric failed", retryable=True, endpoint=endpoint,
-                              error=type(e).__name__, detail=clean(str(e), 200)) from e
+            raise FabricError("request to the fabric failed", retryable=True, detail=transport_cause(e, timeout),
+                              endpoint=endpoint, error=type(e).__name__) from e
         try:
             data = self._read(resp, deadline, endpoint) if read_body else b""
         finally:
@@ -136,8 +142,86 @@ class Http:
             if time.monotonic() >= deadline - 0.01:  # the socket timeout we shrank to the deadline fired
                 raise FabricError("fabric answer exceeded the per-call deadline", retryable=True,
                                   endpoint=endpoint, timeout=self.timeout) from e
-            raise FabricError("reading the fabric answer failed", retryable=True, endpoint=endpoint,
-                              error=type(e).__name__, detail=clean(str(e), 200)) from e
+            raise FabricError("reading the fabric answer failed", retryable=True,
+                              detail=transport_cause(e, self.timeout), endpoint=endpoint,
+                              error=type(e).__name__) from e
+
+
+# What the errno of a failed connect or transfer means, in the words an operator searches for.
+_ERRNO_CAUSES = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.ECONNABORTED: "connection aborted",
+    errno.EPIPE: "connection closed while sending",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ENETDOWN: "network is down",
+    errno.EHOSTDOWN: "host is down",
+    errno.EADDRNOTAVAIL: "no local address",
+    errno.ETIMEDOUT: "connection timed out",
+}
+_CHAIN_LIMIT = 16  # exceptions looked at: a chain is a handful deep; a cycle or a freak must not loop
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and what it wraps, outermost first: __cause__, __context__, exceptions among its args, and
+    urllib3's `reason` (MaxRetryError keeps the real failure there)."""
+    seen: list[BaseException] = []
+    queue: list[BaseException] = [error]
+    while queue and len(seen) < _CHAIN_LIMIT:
+        current = queue.pop(0)
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        inner = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        queue += [e for e in inner if isinstance(e, BaseException)]
+    return seen
+
+
+def _seconds(value: float) -> str:
+    return f"{round(value, 2):g}"
+
+
+def transport_cause(error: BaseException, timeout: float) -> str:
+    """A short phrase for why a request failed below HTTP: the innermost errno's meaning, or a timeout with
+    the call's `timeout`, or a closed connection; the innermost exception's own text (cut short) only when
+    nothing better is known. Pure."""
+    chain = _chain(error)
+    for e in reversed(chain):  # innermost first: the errno the kernel gave
+        # errno and strerror are whatever the raiser passed: only an int errno is the kernel's
+        words = clean(e.strerror, 60).lower() if isinstance(e, OSError) and isinstance(e.strerror, str) else ""
+        if isinstance(e, socket.gaierror):
+            return "name resolution failed" + (f" ({words})" if words else "")
+        if isinstance(e, ssl.SSLError):
+            return "TLS failed" + (f": {clean(str(e.reason), 60)}" if e.reason else "")
+        if isinstance(e, OSError) and isinstance(e.errno, int) and not isinstance(e, requests.RequestException):
+            if e.errno in _ERRNO_CAUSES:
+                return _ERRNO_CAUSES[e.errno]
+            return f"{words or 'error'} ({errno.errorcode.get(e.errno, e.errno)})"
+    # urllib3 makes a failed connect (NewConnectionError) a kind of ConnectTimeoutError: its errno said more
+    timeouts = [e for e in chain if isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError))
+                and not isinstance(e, urllib3.exceptions.NewConnectionError)]
+    if any(isinstance(e, (requests.ConnectTimeout, urllib3.exceptions.ConnectTimeoutError)) for e in timeouts):
+        return f"connect timed out after {_seconds(timeout)} s"
+    if timeouts:
+        return f"timed out after {_seconds(timeout)} s"
+    for e in reversed(chain):
+        if isinstance(e, http.client.RemoteDisconnected):
+            return "connection closed without an answer"
+        if isinstance(e, (http.client.IncompleteRead, urllib3.exceptions.IncompleteRead)):
+            return "answer cut short"
+        if isinstance(e, http.client.HTTPException):
+            return "answer is not HTTP"
+    innermost = chain[-1]
+    return clean(str(innermost), 80) or type(innermost).__name__
+
+
+def http_cause(status: int) -> str:
+    """`HTTP 503 Service Unavailable`; the number alone for a status without a standard phrase."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
 
 
 def _set_socket_timeout(raw: Any, remaining: float) -> None:
@@ -156,7 +240,7 @@ def check_status(status: int, headers: Mapping[str, str], endpoint: str, retry_c
         return
     retry_after = parse_retry_after(headers.get("Retry-After"))
     raise FabricError("fabric answered with an error status", retryable=status in retry_codes,
-                      retry_after=retry_after, endpoint=endpoint, status=status)
+                      retry_after=retry_after, detail=http_cause(status), endpoint=endpoint, status=status)
 
 
 class WireServer:

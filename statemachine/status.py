@@ -297,7 +297,7 @@ def render_document(data: dict[str, Any], long: bool = False) -> str:
     if data.get("disabled_reason") and data.get("state") != "disabled":
         lines.append(_line("disabled", data["disabled_reason"]))
     if data.get("config_error"):
-        lines.append(_line("config error", _reason(data["config_error"])))
+        lines.append(_line("config error", str(ConfigError.from_dict(data["config_error"]))))
     if data.get("state") in ("not_started", "disabled", "unknown") and data.get("vm_id") is None:
         if data.get("state") == "unknown" and data.get("last_error"):
             lines.append(_line("last error", _reason(data["last_error"])))
