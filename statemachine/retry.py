@@ -10,8 +10,11 @@ The paces, each chosen for what a retry costs the other side:
 - refused or timed-out connects (a round trip to the host each): full jitter up to about a second, so a
   scale set booting after an outage does not hammer a fabric that is restarting;
 - the WireServer's 5xx: quick first retries (a single VM recovers fast), growing to a cap;
-- IMDS (throttles at about 5 requests/s per VM): full jitter from 100 ms, so VMs booted together spread out;
-- Retry-After is a floor, with jitter on top once a VM has been throttled more than once.
+- IMDS (throttles at about 5 requests/s per VM): full jitter from 100 ms under a ceiling that doubles, so
+  VMs booted together spread out;
+- Retry-After is a floor, with jitter on top: up to +30 % on the first throttled retry and none on the next
+  two (a single VM throttled three times with Retry-After: 1 still waits at most 3.3 s), then +100 % growing
+  to +300 %, so VMs that stay throttled together spread out instead of coming back in waves.
 The whole budget is used: when the next wait would end past it, one last try is made just before the end.
 """
 
@@ -27,11 +30,16 @@ T = TypeVar("T")
 
 # Never wait longer than this for one Retry-After: a broken header must not eat the whole budget.
 MAX_RETRY_AFTER = 60.0
-# Jitter on top of a Retry-After: none on the first throttled retry, growing linearly to this fraction of it
-# at the RETRY_AFTER_SPREAD_FROM-th. A VM throttled three times in a row is delayed by at most half a
-# Retry-After in all, while VMs that stay throttled together stop coming back in lockstep.
-RETRY_AFTER_JITTER = 0.5
-RETRY_AFTER_SPREAD_FROM = 4
+# Jitter on top of a Retry-After, as a fraction of it. The single-VM budget (503 three times with
+# Retry-After: 1, Ready within 3.5 s of the start) leaves about 0.3 s for the first three throttled retries
+# together. All of it goes to the first: that is when a fleet released together is in lockstep, and a fixed
+# wait after it keeps the spread it made. From the fourth on, a VM is throttled with many others, and the
+# jitter ceiling doubles from RETRY_AFTER_JITTER up to RETRY_AFTER_JITTER_MAX: the longer a fleet stays
+# throttled, the wider it spreads its retries and the less it asks of the server.
+RETRY_AFTER_FIRST_JITTER = 0.3
+RETRY_AFTER_EARLY = 3  # throttled retries within the single-VM budget
+RETRY_AFTER_JITTER = 1.0
+RETRY_AFTER_JITTER_MAX = 3.0
 # The time a last try needs before a budget ends to be worth making. A WireServer or IMDS round trip takes
 # milliseconds, and a call's own deadline is shrunk to what is left of the budget, so this bounds the overrun.
 LAST_TRY = 0.25
@@ -69,13 +77,21 @@ class RetryPolicy(NamedTuple):
 def with_retry_after(retry_after: float, attempt: int, rand: Callable[[], float] = random.random) -> float:
     """The server's Retry-After as a floor (capped), plus jitter that grows with the throttled attempts."""
     floor = min(retry_after, MAX_RETRY_AFTER)
-    steps = min(max(attempt, 1), RETRY_AFTER_SPREAD_FROM) - 1
-    spread = RETRY_AFTER_JITTER * steps / (RETRY_AFTER_SPREAD_FROM - 1)
-    return min(MAX_RETRY_AFTER, floor + rand() * spread * floor)
+    return min(MAX_RETRY_AFTER, floor + rand() * retry_after_spread(attempt) * floor)
+
+
+def retry_after_spread(attempt: int) -> float:
+    """Pure: the jitter ceiling on top of a Retry-After, as a fraction of it, for throttled retry `attempt`."""
+    if attempt <= 1:
+        return RETRY_AFTER_FIRST_JITTER
+    if attempt <= RETRY_AFTER_EARLY:
+        return 0.0
+    return capped_exponential(RETRY_AFTER_JITTER, 2.0, RETRY_AFTER_JITTER_MAX, attempt - RETRY_AFTER_EARLY - 1)
 
 
 WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)  # 5xx three times: Ready within ~1 s
-IMDS = RetryPolicy(initial=0.2, multiplier=1.5, cap=5.0, full_jitter=True, floor=0.1)  # 4 errors: <= 1.7 s
+# IMDS: the ceiling doubles, so a fleet throttled together thins out within a second or two.
+IMDS = RetryPolicy(initial=0.25, multiplier=2.0, cap=5.0, full_jitter=True, floor=0.1)  # 4 errors: <= 3.75 s
 NO_ROUTE = RetryPolicy(initial=0.002, multiplier=1.5, cap=0.005)  # ~50 us of CPU a probe: ~1% of a core
 CONNECT = RetryPolicy(initial=0.01, multiplier=1.5, cap=1.0, full_jitter=True)  # ~2 connects/s once capped
 # An error's `pace` names its policy here; an empty pace means the phase's own policy.

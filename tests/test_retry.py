@@ -17,14 +17,17 @@ def test_delays_grow_to_the_cap_with_jitter_never_below_half() -> None:
     assert policy.delay(3, rand=lambda: 1.0) == pytest.approx(0.4)
 
 
-def test_retry_after_is_a_floor_with_jitter_growing_to_half_of_it() -> None:
-    assert retry.WIRESERVER.delay(1, retry_after=1.0, rand=lambda: 1.0) == 1.0  # one throttled VM: no delay
-    assert retry.WIRESERVER.delay(2, retry_after=1.0, rand=lambda: 0.0) == 1.0
-    assert retry.WIRESERVER.delay(4, retry_after=1.0, rand=lambda: 1.0) == pytest.approx(1.5)
-    assert retry.WIRESERVER.delay(10**9, retry_after=2.0, rand=lambda: 1.0) == pytest.approx(3.0)
-    assert retry.WIRESERVER.delay(1, retry_after=10_000) == retry.MAX_RETRY_AFTER
-    # 503 with Retry-After: 1 three times in a row adds at most half a second to a single VM's Ready.
-    assert sum(retry.WIRESERVER.delay(n, retry_after=1.0, rand=lambda: 1.0) for n in (1, 2, 3)) <= 3.5
+def test_retry_after_is_a_floor_with_jitter_on_the_first_retry_then_growing_from_the_fourth() -> None:
+    assert retry.WIRESERVER.delay(1, retry_after=1.0, rand=lambda: 0.0) == 1.0  # never before the server asked
+    assert retry.WIRESERVER.delay(1, retry_after=1.0, rand=lambda: 1.0) == pytest.approx(1.3)
+    assert retry.WIRESERVER.delay(2, retry_after=1.0, rand=lambda: 1.0) == 1.0  # keeps the first one's spread
+    assert retry.WIRESERVER.delay(3, retry_after=1.0, rand=lambda: 1.0) == 1.0
+    assert retry.WIRESERVER.delay(4, retry_after=1.0, rand=lambda: 1.0) == pytest.approx(2.0)
+    assert retry.WIRESERVER.delay(5, retry_after=1.0, rand=lambda: 1.0) == pytest.approx(3.0)
+    assert retry.WIRESERVER.delay(10**9, retry_after=2.0, rand=lambda: 1.0) == pytest.approx(8.0)
+    assert retry.WIRESERVER.delay(1, retry_after=10_000, rand=lambda: 0.0) == retry.MAX_RETRY_AFTER
+    # 503 with Retry-After: 1 three times in a row: at most 0.3 s on top, so one VM is Ready within 3.5 s.
+    assert sum(retry.WIRESERVER.delay(n, retry_after=1.0, rand=lambda: 1.0) for n in (1, 2, 3)) <= 3.3 + 1e-9
     assert retry.parse_retry_after(" 2 ") == 2.0
     assert retry.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
     assert retry.parse_retry_after("-1") is None
@@ -70,7 +73,7 @@ def test_until_deadline_uses_the_whole_budget_then_gives_up_before_the_deadline(
 
 def test_a_retry_after_past_the_budget_still_gets_one_last_try() -> None:
     assert retry.wait_before_retry(retry.WIRESERVER, 1, 30.0, remaining=10.0) == pytest.approx(10.0 - retry.LAST_TRY)
-    assert retry.wait_before_retry(retry.WIRESERVER, 1, 1.0, remaining=10.0) == 1.0
+    assert retry.wait_before_retry(retry.WIRESERVER, 1, 1.0, remaining=10.0, rand=lambda: 0.0) == 1.0
     assert retry.wait_before_retry(retry.WIRESERVER, 1, 1.0, remaining=retry.LAST_TRY) is None
 
 
@@ -127,6 +130,7 @@ def test_the_paces_match_what_each_failure_costs() -> None:
         clock.now += retry.backoff(NotListeningError("x"), n, retry.WIRESERVER, rand=lambda: 0.5)
     assert clock.now > 2.0 and 199 / clock.now < 10
     assert all(retry.IMDS.delay(n, rand=lambda: 0.0) >= 0.1 for n in (1, 2, 3))
+    assert sum(retry.IMDS.delay(n, rand=lambda: 1.0) for n in (1, 2, 3, 4)) <= 3.75  # a ceiling that doubles
     assert retry.IMDS.delay(1, rand=lambda: 0.3) != retry.IMDS.delay(1, rand=lambda: 0.7)  # full jitter
     assert [retry.backoff(GoneError("x"), n, retry.WIRESERVER) for n in range(1, 6)] == [0.0] * 5
     assert retry.backoff(GoneError("x"), 6, retry.WIRESERVER) > 0
@@ -149,3 +153,28 @@ def test_until_deadline_reports_each_retry_before_sleeping() -> None:
     with pytest.raises(NoRouteError):
         retry.until_deadline(call, retry.WIRESERVER, 1.0, clock, clock.sleep, lambda e, d: seen.append(d))
     assert seen == clock.slept and len(seen) > 100  # ~200 polls a second, none saved by the loop itself
+
+
+@given(huge_attempts, st.floats(0, 1e6), st.floats(0, 1))
+def test_retry_after_jitter_is_bounded_and_grows_once_past_the_single_vm_budget(
+        attempt: int, retry_after: float, rand: float) -> None:
+    spread = retry.retry_after_spread(attempt)
+    assert 0 <= spread <= retry.RETRY_AFTER_JITTER_MAX
+    if attempt > retry.RETRY_AFTER_EARLY:
+        assert retry.RETRY_AFTER_JITTER <= spread <= retry.retry_after_spread(attempt + 1)
+    wait = retry.with_retry_after(retry_after, attempt, rand=lambda: rand)
+    floor = min(retry_after, retry.MAX_RETRY_AFTER)
+    assert floor <= wait <= floor * (1 + retry.RETRY_AFTER_JITTER_MAX)
+
+
+def test_a_fleet_throttled_for_long_spreads_its_retries() -> None:
+    """Waits after the same Retry-After, drawn evenly: little spread early (a single VM's budget), then a
+    spread whose coefficient of variation passes 0.3 once a VM has been throttled six times."""
+    def cv(attempt: int) -> float:
+        waits = [retry.with_retry_after(1.0, attempt, rand=lambda i=i: i / 100) for i in range(101)]
+        mean = sum(waits) / len(waits)
+        return float((sum((w - mean) ** 2 for w in waits) / len(waits)) ** 0.5 / mean)
+
+    assert 0 < cv(1) < 0.1 and cv(2) == cv(3) == 0
+    assert cv(1) < cv(4) < cv(5) < cv(6) == cv(7)
+    assert cv(6) >= 0.3

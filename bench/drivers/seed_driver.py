@@ -1,4 +1,4 @@
-"""Peer 1: the seed document's procedure ("generalized images without a provisioning agent"), our own code.
+"""Our rewrite of the procedure in Microsoft's article "Creating generalized images without a provisioning agent".
 
 The document's unit runs two things: a Python script that fetches the goal state once and posts one Ready
 (stdlib `http.client` + `xml.etree`, no retries, exit 0 whatever the POST answered), then
