@@ -234,6 +234,11 @@ def _faults() -> Iterator[Fault]:
     yield Fault("health: 200 with malformed body", {"health": [{"status": 200, "body": "<<<"}]})
     yield Fault("health: 410 + incarnation bump", {"health": storm({"action": "bump"}, 2)})
     yield Fault("imds: malformed JSON", {"imds": [{"status": 200, "body": '{"compute": '}]})
+    # JSON-valid (or nearly) hostile documents: refused like any unreadable answer, never a crash.
+    yield Fault("imds: 5000-digit integer once", {"imds": [{"status": 200, "body": '{"compute": {"vmId": '
+                                                                                   + "9" * 5000 + "}}"}]})
+    yield Fault("imds: NaN and 1e999 once", {"imds": [{"status": 200, "body": '{"compute": {"a": NaN, "b": 1e999}}'}]})
+    yield Fault("imds: nested 100000 deep once", {"imds": [{"status": 200, "body": "[" * 100000 + "]" * 100000}]})
     yield Fault("imds: 404 for a while", {"imds": storm({"status": 404}, 4)})
     yield Fault("imds: 410 for a while", {"imds": storm({"status": 410}, 4)})
     yield Fault("imds: 429 for a while, Retry-After",
@@ -372,6 +377,8 @@ RECORD_CASES = {
     "record: wrong types": b'{"schema": 1, "state": "done", "history": [{"at": {}}]}',
     "record: symlink elsewhere": b"symlink",
     "record: writable by others": b"mode",
+    "record: 5000-digit integer": b'{"schema": 1, "state": "reporting", "attempts": ' + b"9" * 5000 + b"}",
+    "record: nested 100000 deep": b'{"schema": 1, "x": ' + b"[" * 100000 + b"]" * 100000 + b"}",
 }
 
 
