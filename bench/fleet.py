@@ -296,23 +296,7 @@ class ConnectCounter:
 # ---- agents ------------------------------------------------------------------------------------------------
 
 def azprov_config(work: Path, vm: VM) -> Path:
-    (work / "root" / "etc").mkdir(parents=True, exist_ok=True)
-    (work / "product_uuid").write_text(vm.vm_id.upper() + "\n")
-    config = work / "azprov.toml"
-    config.write_text(f"""
-[fabric]
-wireserver_url = "http://{vm.wire}:{PORT}"
-imds_url = "http://{vm.imds}:{PORT}"
-[paths]
-state_dir = "{work / 'state'}"
-root = "{work / 'root'}"
-[identity]
-product_uuid_path = "{work / 'product_uuid'}"
-efi_path = "{work / 'no-efi'}"
-[hostname]
-method = "file"
-""")
-    return config
+    return run.azprov_config(work, f"http://{vm.wire}:{PORT}", f"http://{vm.imds}:{PORT}", vm.vm_id)
 
 
 def argv_for(agent: str, envs: peers.Environments, vm: VM, work: Path) -> list[str]:

@@ -113,15 +113,16 @@ class Workdir:
     config: Path
 
 
-def azprov_config(work: Path, url: str) -> Path:
-    """azprov pointed at the fake: loopback URLs, a temp root and state dir, the hostname written to a file."""
+def azprov_config(work: Path, url: str, imds_url: str | None = None, vm_uuid: str = VM_UUID) -> Path:
+    """azprov pointed at the fake: loopback URLs, a temp root and state dir, the hostname written to a file.
+    One fake serves both services unless `imds_url` names another (the fleet gives each VM two addresses)."""
     (work / "root" / "etc").mkdir(parents=True, exist_ok=True)
-    (work / "product_uuid").write_text(VM_UUID.upper() + "\n")
+    (work / "product_uuid").write_text(vm_uuid.upper() + "\n")
     config = work / "azprov.toml"
     config.write_text(f"""
 [fabric]
 wireserver_url = "{url}"
-imds_url = "{url}"
+imds_url = "{imds_url or url}"
 [paths]
 state_dir = "{work / 'state'}"
 root = "{work / 'root'}"

@@ -1,8 +1,8 @@
 """The provisioning of Microsoft's article "Creating generalized images without a provisioning agent" (its
 Python script and its systemd unit), for the boot test's comparison.
 
-Taken verbatim from a copy of the article at test time (AZPROV_SEED_DIR, or ../shared/seeds beside the
-checkout), never copied into this repository: the first ```python block is the script, the ```bash block
+Taken verbatim from a copy of the article named by AZPROV_SEED_DIR at test time, never copied into this
+repository: the first ```python block is the script, the ```bash block
 that starts with [Unit] is the unit. Installed as the document says: /usr/local/azure-provisioning.py and
 /etc/systemd/system/azure-provisioning.service.
 """
@@ -13,10 +13,8 @@ import os
 import re
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parents[2]
-# A copy of the article: AZPROV_SEED_DIR, or a `shared/seeds` folder beside the checkout or its parent.
-_CANDIDATES = [_REPO.parent / "shared" / "seeds", _REPO.parent.parent / "shared" / "seeds"]
-SEED_DIR = Path(os.environ.get("AZPROV_SEED_DIR") or next((c for c in _CANDIDATES if c.is_dir()), _CANDIDATES[0]))
+# A folder holding a copy of the article; without one the comparison is skipped.
+SEED_DIR = Path(os.environ.get("AZPROV_SEED_DIR") or "/nonexistent")
 # The es-ES revision reads the Incarnation from the goal state; the older one hard-codes 1.
 SEED_FILE = "003_eb2237759283964f.txt"
 UNIT = "azure-provisioning.service"
