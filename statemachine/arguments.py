@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,9 +19,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """The help's layout. argparse would learn the terminal's width through `shutil`, which loads the
+    compression modules on every boot (a formatter is made for each argument added); asking the terminal
+    here spares that, with the same answer: $COLUMNS, else the terminal's width, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return argparse.RawDescriptionHelpFormatter(prog, width=max(columns, 40) - 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="azprov", description="First-boot provisioning for Azure Linux VMs: wait for the "
-                "network, report Ready to the WireServer, set the hostname from IMDS.")
+    p = _Parser(prog="azprov", formatter_class=_formatter,
+                description="First-boot provisioning for Azure Linux VMs: wait for the network, report Ready "
+                "to the WireServer, set the hostname from IMDS.")
     p.add_argument("--config", type=Path, metavar="FILE", help="extra config file, applied last")
     p.add_argument("--status", action="store_true", help="show the provisioning record and exit")
     p.add_argument("--json", action="store_true", help="with --status: machine-readable output")
@@ -42,7 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="with --status --wait: give up after SECONDS (exit 124)")
     p.epilog = EXIT_CODES
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
 
 
@@ -85,7 +100,7 @@ def command_parser(name: str) -> argparse.ArgumentParser:
              "kvp": "Decode the Hyper-V KVP pool, split values rejoined (for support).",
              "status": "Show the provisioning record (never takes the lock). The same as `azprov --status`."}
     p = _Parser(prog=f"azprov {name}", description=helps[name], epilog=EXIT_CODES,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+                formatter_class=_formatter)
     for action in main._actions:
         if action.dest in COMMAND_FLAGS[name]:
             p._add_action(action)

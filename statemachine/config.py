@@ -272,15 +272,15 @@ def parse_text(text: str, source: str) -> dict[str, Any]:
 
 
 # A table header `[a.b]` / `[[a]]` and the dotted key before a line's `=`, as far as the error lines need.
+# Plain strings, compiled by `re` on first use: only a broken config needs them, not every boot.
 _BARE_OR_QUOTED = r'(?:[A-Za-z0-9_-]+|"(?:[^"\\]|\\.)*"|'"'[^']*')"
 _DOTTED = rf"{_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*"
-_HEADER = re.compile(rf"\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
-_KEY_LINE = re.compile(rf"\s*({_DOTTED})\s*=")
-_PART = re.compile(_BARE_OR_QUOTED)
+_HEADER = rf"\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$"
+_KEY_LINE = rf"\s*({_DOTTED})\s*="
 
 
 def _key_parts(dotted: str) -> list[str]:
-    return [p[1:-1] if p[:1] in "\"'" else p for p in _PART.findall(dotted)]
+    return [p[1:-1] if p[:1] in "\"'" else p for p in re.findall(_BARE_OR_QUOTED, dotted)]
 
 
 def find_line(text: str, key: str) -> int | None:
@@ -295,8 +295,8 @@ def find_line(text: str, key: str) -> int | None:
             if in_string in line:
                 in_string = ""
             continue
-        header = _HEADER.match(line)
-        assigned = None if header else _KEY_LINE.match(line)
+        header = re.match(_HEADER, line)
+        assigned = None if header else re.match(_KEY_LINE, line)
         if header:
             table = _key_parts(header.group(2))
             if table == target:

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Protocol
 
 from statemachine.config import Config
 from statemachine.errors import MediaError
-from statemachine.telemetry import Telemetry
 
 if TYPE_CHECKING:  # the states' own types, for the annotations only: statemachine never imports states
     from statemachine.fabric import Http
+    from statemachine.telemetry import Telemetry
     from states.configure import Facts
     from states.goalstate import GoalState
 
@@ -96,6 +96,7 @@ class Context:
         """KVP telemetry; a no-op when `kvp.enabled` is false. The pool file lives under `paths.root`."""
         if self._telemetry is None:
             from statemachine.kvp import KvpPool
+            from statemachine.telemetry import Telemetry
 
             kvp = self.config.kvp
             self._telemetry = Telemetry(KvpPool(self.root_path(kvp.pool_path), root=self.root) if kvp.enabled else None)

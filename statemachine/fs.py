@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -167,7 +166,7 @@ def make_dir(base: Path, rel: str, mode: int, owner: Owner | None = None) -> Non
 
 def temp_name(name: str) -> str:
     """Beside the file, hidden, with a dot (sudo's includedir skips such names) and `.tmp` at the end."""
-    return f".{name}-{secrets.token_hex(4)}.tmp"
+    return f".{name}-{os.urandom(4).hex()}.tmp"  # not `secrets`: it loads hashlib and hmac at every boot
 
 
 @contextmanager

@@ -20,7 +20,6 @@ from statemachine import persistence, retry
 from statemachine.context import Context, Outcome
 from statemachine.errors import AgentError, BudgetExhausted, FabricError, StateFileError, Terminated
 from statemachine.failpoints import failpoint
-from statemachine.health import failure_report
 from statemachine.log import fields
 from statemachine.machine import FAILURE_REPORT_BUDGET, PHASES, Agent, Phase, build_machine, ends_run, fire
 from statemachine.persistence import Record
@@ -180,6 +179,8 @@ class Runner:
         # The reason only: the report right after carries the supporting data.
         events.left(phase.value, "error", self.ctx.clock() - self._entered_at, e.reason)
         self._left_told = True
+        from statemachine.health import failure_report
+
         events.report(failure_report(e.reason, e.supporting_data, self.record.vm_id, entry["at"]))
         # FAILED is made durable before the platform hears of it: if we die after the NotReady is taken,
         # the next boot must see FAILED (and start over, posting Ready again), not resume the phase and
