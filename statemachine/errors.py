@@ -113,6 +113,14 @@ class FabricError(AgentError):
         self.retry_after = retry_after
 
 
+class ThrottledError(FabricError):
+    """HTTP 429: too many requests. Without a Retry-After the wait is wide and jittered (`retry.THROTTLED`):
+    a throttled service is usually throttling many VMs at once, and only spreading their retries over
+    seconds keeps it from being asked again faster than it can answer."""
+
+    pace = "throttled"
+
+
 class GoneError(FabricError):
     """HTTP 410 on the health POST: the goal state changed under us; refetch it and post again at once
     (a few times, then at the phase's pace)."""

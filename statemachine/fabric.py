@@ -27,7 +27,7 @@ import requests
 import urllib3.exceptions
 
 from statemachine import AGENT_NAME, __version__
-from statemachine.errors import FabricError, GoneError
+from statemachine.errors import FabricError, GoneError, ThrottledError
 from statemachine.health import JSON_HEADERS, XML_HEADERS
 from statemachine.retry import parse_retry_after
 from statemachine.text import clean
@@ -239,8 +239,9 @@ def check_status(status: int, headers: Mapping[str, str], endpoint: str, retry_c
     if status == 200:
         return
     retry_after = parse_retry_after(headers.get("Retry-After"))
-    raise FabricError("fabric answered with an error status", retryable=status in retry_codes,
-                      retry_after=retry_after, detail=http_cause(status), endpoint=endpoint, status=status)
+    kind = ThrottledError if status == 429 else FabricError
+    raise kind("fabric answered with an error status", retryable=status in retry_codes,
+               retry_after=retry_after, detail=http_cause(status), endpoint=endpoint, status=status)
 
 
 class WireServer:

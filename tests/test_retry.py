@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine import retry
-from statemachine.errors import AgentError, FabricError, GoneError, NoRouteError, NotListeningError
+from statemachine.errors import AgentError, FabricError, GoneError, NoRouteError, NotListeningError, ThrottledError
 
 
 def test_delays_grow_to_the_cap_with_jitter_never_below_half() -> None:
@@ -103,7 +103,8 @@ def test_backoff_never_overflows_for_any_attempt_count(attempt: int) -> None:
         assert 0 <= policy.delay(attempt, rand=lambda: 1.0) <= policy.cap
         assert 0 <= policy.delay(attempt, rand=lambda: 0.0) <= policy.cap
         assert (retry.wait_before_retry(policy, attempt, None, 10.0, rand=lambda: 0.5) or 0) <= policy.cap
-        for error in (NoRouteError("x"), NotListeningError("x"), GoneError("x"), FabricError("x", retryable=True)):
+        for error in (NoRouteError("x"), NotListeningError("x"), GoneError("x"), FabricError("x", retryable=True),
+                      ThrottledError("x", retryable=True)):
             assert 0 <= retry.backoff(error, attempt, policy, rand=lambda: 1.0) <= retry.PACES.get(
                 error.pace, policy).cap
 
@@ -134,6 +135,21 @@ def test_the_paces_match_what_each_failure_costs() -> None:
     assert retry.IMDS.delay(1, rand=lambda: 0.3) != retry.IMDS.delay(1, rand=lambda: 0.7)  # full jitter
     assert [retry.backoff(GoneError("x"), n, retry.WIRESERVER) for n in range(1, 6)] == [0.0] * 5
     assert retry.backoff(GoneError("x"), 6, retry.WIRESERVER) > 0
+
+
+def test_a_429_spreads_a_crowd_over_the_time_its_rate_needs() -> None:
+    """200 VMs throttled together by a service that takes 20 requests/s need ten seconds: a 429 without
+    Retry-After waits at least a second and is spread over about ten, so the retries of a crowd arrive at
+    about the rate the service can take instead of in bursts it must refuse again."""
+    throttled = ThrottledError("x", retryable=True)
+    assert throttled.pace == "throttled"
+    first = [retry.backoff(throttled, 1, retry.IMDS, rand=lambda i=i: i / 100) for i in range(101)]
+    assert min(first) >= 1.0 and max(first) >= 10.0
+    crowd, rate = 180, 20.0  # the VMs refused in the first second, the service's rate
+    assert crowd / (max(first) - min(first)) <= 1.5 * rate  # drawn evenly over the window: their arrival rate
+    assert retry.backoff(throttled, 10**9, retry.IMDS, rand=lambda: 1.0) <= retry.THROTTLED.cap
+    with_header = ThrottledError("x", retryable=True, retry_after=2.0)
+    assert 2.0 <= retry.backoff(with_header, 1, retry.IMDS, rand=lambda: 0.5) <= 2.0 * 1.3  # the header rules
 
 
 def test_single_vm_budgets_for_5xx_and_410() -> None:
