@@ -475,6 +475,7 @@ def render(out_dir: Path) -> str:
 APPENDICES = (
     (HERE / "RESULTS_fleet.md", None),
     (HERE / "RESULTS_reliability.md", None),
+    (HERE / "RESULTS_boot.md", None),  # the boot comparison (`make bench-boot`), written up by hand
     (HERE.parent / "docs" / "boot-results.md",
      "## Real boot under QEMU (`make test-boot`, `tests/boot/run_boot.py --record`)"),
 )
