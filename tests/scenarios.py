@@ -487,7 +487,7 @@ def _host_accounts() -> dict[str, bytes]:
 
 
 def bounded_run(vm: Env, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """One run that may not hang: past HANG_BOUND it is killed and counted as hung (rc None-like -1)."""
+    """One run that may not hang: past HANG_BOUND it is killed, and its rc is -1 (counted as hung)."""
     started = time.monotonic()
     try:
         proc = vm.run(*args, timeout=HANG_BOUND)
