@@ -1,10 +1,13 @@
 """The reliability matrix as a table anyone can rerun: `.venv/bin/python bench/reliability.py [--runs N]`.
 
 Runs every scenario of tests/scenarios.py (crash points × SIGKILL/os._exit, SIGTERM in each state, every
-fabric fault, hostile documents, broken state records, unusable state directories, two runs at once) N
-times against the loopback fake fabric, and writes the "Reliability matrix" table to
-bench/RESULTS_reliability.md (scenario × runs, DONE, FAILED-reported, duplicate Ready, lost Ready, max
-time). Nothing leaves 127.0.0.1; every run uses a temporary root and state directory.
+fabric fault, hostile documents, broken state records, unusable state directories, two runs at once, and the
+hardening group: links and FIFOs planted under the root and at the state dir, placeholder SMBIOS UUIDs, a
+record without a VM id, refused admin names) N times against the loopback fake fabric, and writes the
+"Reliability matrix" table to bench/RESULTS_reliability.md (scenario × runs, DONE, FAILED-reported,
+duplicate Ready, lost Ready, max time). Nothing leaves 127.0.0.1; every run uses a temporary root and state
+directory. `--only GROUP` runs some groups and merges their rows into the existing table (`--replace`: write
+only them); bench/run.py --render then copies the table into bench/RESULTS.md.
 
 Columns: DONE = runs whose final state was DONE; FAILED-reported = runs that ended FAILED with a
 NotReady/ProvisioningFailed report accepted by the fabric; duplicate Ready = runs where the fabric accepted
@@ -161,55 +164,126 @@ def state_rows(n: int) -> Iterator[Row]:
     yield row
 
 
+def hardening_rows(n: int) -> Iterator[Row]:
+    for case in scenarios.HARDENING:
+        expected = "DONE" if case.expect == "done" else ("FAILED, reported" if case.reported else "FAILED")
+        row = Row(case.name, expected)
+        for result in _runs(n, case.run):
+            problems = result.detail.get("problems") or []
+            row.add(result, problem="; ".join(problems) if problems else None)
+        yield row
+
+
 HEADER = ["scenario", "expected", "runs", "DONE", "FAILED-reported", "duplicate Ready", "lost Ready",
           "max time (s)", "as expected"]
+GROUPS = ("crash", "sigterm", "fault", "state", "hardening")
+# What every run shares; the sentence before it says how (and when) the table was made. A merge finds the
+# one by the other, so this must keep beginning with these words.
+HOW = "Each run is the real `azprov`"
+INTRO = (HOW + " (the console script's entry, `python -m statemachine.launch`) as a subprocess against the "
+         "loopback fake fabric with small budgets (network/wireserver/imds 3 s, per call 1 s; 1.5 s where a "
+         "budget is meant to run out). Crash rows: a first boot dies at the failpoint "
+         "(`AZPROV_FAILPOINT=point:kill|exit@N`), a second boot finishes; max time covers both. "
+         "SIGTERM rows: max time is signal → exit. Hardening rows (planted, identity, name): all three configure "
+         "steps over a temporary root; as expected also means no run past "
+         f"{scenarios.HANG_BOUND:.0f} s, a planted link's outside tree unchanged byte for byte (SHA-256 of "
+         "names, types, modes, owners and contents), no outside secret copied in, the refusal named in the "
+         "journal and, for a configure step's, in `recoverable_errors`; a placeholder UUID's VM id from IMDS "
+         "`vmId` (`--status --json` `vm_id_source`) and no fabric request on the second boot (max time covers both "
+         "boots); a refused name in the ProvisioningFailed description.")
+
+Cells = list[str]
 
 
-def render(rows: list[Row], n: int, seconds: float) -> str:
+def _note(row: Row) -> str:
+    return "; ".join(sorted(set(row.problems)))
+
+
+def made_by(groups: list[str], n: int, seconds: float) -> str:
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     python = f"{platform.python_implementation()} {platform.python_version()}"
-    lines = ["## Reliability matrix", "",
-             f"`bench/reliability.py --runs {n}` ({python}, {os.cpu_count()} CPUs, {when}), "
-             f"{seconds:.0f} s in all. Each run is the real `azprov` (the console script's entry, `python -m "
-             "statemachine.launch`) as a subprocess against the loopback "
-             "fake fabric with small budgets (network/wireserver/imds 3 s, per call 1 s; 1.5 s where a "
-             "budget is meant to run out). Crash rows: a first boot dies at the failpoint "
-             "(`AZPROV_FAILPOINT=point:kill|exit@N`), a second boot finishes; max time covers both. "
-             "SIGTERM rows: max time is signal → exit.", "",
+    only = "".join(f" --only {g}" for g in groups) if set(groups) != set(GROUPS) else ""
+    return f"`bench/reliability.py --runs {n}{only}` ({python}, {os.cpu_count()} CPUs, {when}), {seconds:.0f} s"
+
+
+def render(table: list[tuple[Cells, str]], provenance: str) -> str:
+    """The section: how it was made, the table, and the totals line. `table`: each row's cells and what
+    else was wrong with it (shown in the totals line when the row is not as expected)."""
+    lines = ["## Reliability matrix", "", f"{provenance}. {INTRO}", "",
              "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(row.cells()) + " |")
-    total = sum(len(r.results) for r in rows)
-    bad = [r.scenario + (f" ({'; '.join(sorted(set(r.problems)))})" if r.problems else "")
-           for r in rows if r.cells()[-1] != "yes"]
-    lost = sum(int(r.cells()[6]) for r in rows)
-    lines += ["", f"{total} runs in {len(rows)} scenarios; lost Ready: {lost}; "
+    lines += ["| " + " | ".join(cells) + " |" for cells, _ in table]
+    total = sum(int(cells[2]) for cells, _ in table)
+    lost = sum(int(cells[6]) for cells, _ in table)
+    bad = [cells[0] + (f" ({note})" if note else "") for cells, note in table if cells[-1] != "yes"]
+    lines += ["", f"{total} runs in {len(table)} scenarios; lost Ready: {lost}; "
               f"scenarios not as expected: {', '.join(bad) if bad else 'none'}."]
     return "\n".join(lines) + "\n"
+
+
+def parse(text: str) -> tuple[str, list[Cells]]:
+    """A rendered section back: its provenance sentence and its rows' cells."""
+    provenance, rows = "", []
+    for line in text.splitlines():
+        if f". {HOW}" in line:
+            provenance = line.split(f". {HOW}", 1)[0]
+        elif line.startswith("| ") and not line.startswith(f"| {HEADER[0]} |"):
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            if len(cells) != len(HEADER):
+                raise ValueError(f"not a row of the matrix: {line!r}")
+            rows.append(cells)
+    return provenance, rows
+
+
+def merge(text: str, rows: list[Row], this_run: str) -> tuple[list[tuple[Cells, str]], str]:
+    """This run's rows into an earlier table: a row replaces the one of the same scenario in place; a new
+    scenario goes after the last replaced row (at the end when none was). The rest is kept as it was, and
+    the provenance says which rows are newer (an earlier merge of the same groups is superseded)."""
+    earlier, old_rows = parse(text)
+    fresh = {r.scenario: (r.cells(), _note(r)) for r in rows}
+    table: list[tuple[Cells, str]] = []
+    anchor = None
+    for cells in old_rows:
+        if cells[0] in fresh:
+            table.append(fresh.pop(cells[0]))
+            anchor = len(table)
+        else:
+            table.append((cells, ""))
+    at = len(table) if anchor is None else anchor
+    table[at:at] = [fresh[r.scenario] for r in rows if r.scenario in fresh]
+    command = this_run.split(" (", 1)[0]
+    clauses = [c for c in earlier.split("; then ") if c and not c.startswith(command + " (")]
+    return table, "; then ".join([*clauses, f"{this_run}, its rows merged in"])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=2, help="runs per scenario (crash rows: per point and action)")
     p.add_argument("--skip-slow", action="store_true", help="leave out the 50 MB bodies")
-    p.add_argument("--only", choices=["crash", "sigterm", "fault", "state"], action="append",
-                   help="run only these groups (repeatable)")
+    p.add_argument("--only", choices=GROUPS, action="append",
+                   help="run only these groups (repeatable); their rows are merged into --out, the others kept")
+    p.add_argument("--replace", action="store_true", help="with --only: write only this run's rows to --out")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
-    groups = args.only or ["crash", "sigterm", "fault", "state"]
+    groups = args.only or list(GROUPS)
     started = time.monotonic()
     rows: list[Row] = []
     makers = {"crash": lambda: [*crash_rows(args.runs), *fail_crash_rows(args.runs)],
               "sigterm": lambda: sigterm_rows(args.runs),
-              "fault": lambda: fault_rows(args.runs, not args.skip_slow), "state": lambda: state_rows(args.runs)}
+              "fault": lambda: fault_rows(args.runs, not args.skip_slow), "state": lambda: state_rows(args.runs),
+              "hardening": lambda: hardening_rows(args.runs)}
     for group in groups:
         for row in makers[group]():
             rows.append(row)
             cells = row.cells()
             print(f"{cells[-1]:>6}  {cells[0]}  runs={cells[2]} done={cells[3]} failed_reported={cells[4]} "
-                  f"dup={cells[5]} lost={cells[6]} max={cells[7]}s", flush=True)
-    text = render(rows, args.runs, time.monotonic() - started)
-    args.out.write_text(text)
+                  f"dup={cells[5]} lost={cells[6]} max={cells[7]}s" + (f"  ({_note(row)})" if row.problems else ""),
+                  flush=True)
+    this_run = made_by(groups, args.runs, time.monotonic() - started)
+    if set(groups) != set(GROUPS) and not args.replace and args.out.exists():
+        table, provenance = merge(args.out.read_text(), rows, this_run)
+    else:
+        table, provenance = [(r.cells(), _note(r)) for r in rows], f"{this_run} in all"
+    args.out.write_text(render(table, provenance))
     print(f"wrote {args.out}")
     return 0 if all(r.cells()[-1] == "yes" for r in rows) else 1
 

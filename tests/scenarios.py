@@ -10,13 +10,14 @@ left on disk. Nothing here talks to anything but 127.0.0.1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -467,3 +468,237 @@ def run_fail_crash(point: str, action: str, tmp: Path) -> Result:
             result.ready = 0  # the platform's last word is not Ready: as good as lost
         result.detail = {"first_rc": first.returncode}
         return result
+
+
+# ---- hardening: planted links, placeholder identities, refused names --------------------------------------
+#
+# Each runner returns its Result with `detail["problems"]`: what the run got wrong beyond its outcome (the
+# outside tree changed, a refusal not named, a second boot that asked the fabric again). The planted trees
+# and plants are tests/test_fs_family.py's, here driven through the whole CLI instead of one writer.
+
+HANG_BOUND = 20.0  # seconds: a run this long has hung (on a FIFO, a lock, a blocked pool)
+HOST_ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/shadow")  # only read: proof they stay as found
+ALL_STEPS = ["hostname", "user", "ssh_keys"]
+SYMLINK = "symlink in the path; refusing to follow it"
+
+
+def _host_accounts() -> dict[str, bytes]:
+    return {p: Path(p).read_bytes() for p in HOST_ACCOUNT_FILES if Path(p).exists()}
+
+
+def bounded_run(vm: Env, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """One run that may not hang: past HANG_BOUND it is killed, and its rc is -1 (counted as hung)."""
+    started = time.monotonic()
+    try:
+        proc = vm.run(*args, timeout=HANG_BOUND)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        proc = subprocess.CompletedProcess(e.cmd, -1, out + f"\nHUNG: killed after {HANG_BOUND:.0f} s", "")
+    return proc, time.monotonic() - started
+
+
+def status_json(vm: Env) -> dict[str, Any]:
+    out = vm.run("--status", "--json", timeout=HANG_BOUND)
+    try:
+        shown: dict[str, Any] = json.loads(out.stdout)
+    except ValueError:
+        return {"unreadable": out.stdout + out.stderr}
+    return shown
+
+
+def _imds_with_key(fab: FakeFabric, key: str, **profile: str) -> None:
+    doc = fab.imds()
+    doc["compute"]["publicKeys"] = [{"keyData": key, "path": "/home/azureuser/.ssh/authorized_keys"}]
+    doc["compute"]["osProfile"].update(profile)
+    fab.imds_document = doc
+
+
+@dataclasses.dataclass(frozen=True)
+class Plant:
+    """A link or special file planted under paths.root or at the state dir before the first boot."""
+    name: str
+    base: str  # "root", "tmp" (the state dir's parent)
+    component: str  # tests/test_fs_family.py's plant(): the path under base that is replaced
+    kind: str  # one of test_fs_family.KINDS
+    refusal: str  # what the journal must name
+    step: str | None  # the configure step whose recoverable_errors entry names the refusal; None: journal only
+
+
+PLANTS = [
+    Plant("planted: KVP pool file → absolute symlink outside", "root", "var/lib/hyperv/.kvp_pool_1",
+          "abs_symlink", SYMLINK, None),
+    Plant("planted: KVP pool file is a FIFO", "root", "var/lib/hyperv/.kvp_pool_1", "fifo", "a FIFO", None),
+    Plant("planted: KVP pool dir → relative symlink outside", "root", "var/lib/hyperv", "rel_symlink", SYMLINK,
+          None),
+    Plant("planted: state dir → symlink to an outside dir", "tmp", "state", "abs_symlink",
+          "state directory is not a directory", None),
+    Plant("planted: admin's ~/.ssh → absolute symlink outside", "root", "home/azureuser/.ssh", "abs_symlink",
+          SYMLINK, "ssh_keys"),
+    Plant("planted: /etc/sudoers.d → absolute symlink outside", "root", "etc/sudoers.d", "abs_symlink", SYMLINK,
+          "user"),
+    Plant("planted: authorized_keys hard-linked to an outside file", "root", "home/azureuser/.ssh/authorized_keys",
+          "hardlink", "hard-linked", "ssh_keys"),
+]
+
+
+def run_plant(case: Plant, tmp: Path) -> Result:
+    """All three configure steps over a root with one planted link: Ready, DONE, the outside tree unchanged
+    byte for byte, nothing hung, and the refusal named in the journal (and in the record, for a step's)."""
+    from test_fs_family import KEY, SECRET, digest, make_tree, plant
+
+    tree = make_tree(tmp)  # root with the admin account (uid 4321), state dir, outside tree of secrets
+    (tree.state / "state.json").unlink()  # make_tree's broken record belongs to another family
+    (tree.outside / "state").mkdir()
+    (tree.outside / "state" / "state.json").write_bytes(SECRET)
+    plant(tree, tree.root if case.base == "root" else tree.tmp, case.component, case.kind)
+    outside_before, hosts_before = digest(tree.outside), _host_accounts()
+    with FakeFabric() as fab:
+        _imds_with_key(fab, KEY)
+        vm = Env(tmp, fab.url)
+        # user.groups empty: the account exists, so no shadow tool runs; the sudoers drop-in is still written.
+        vm.set("fabric", **FAST).set("configure", steps=ALL_STEPS).set("user", groups=[])
+        proc, elapsed = bounded_run(vm)
+        linked_state = vm.state_dir.is_symlink()
+        if linked_state:  # never read the record through the planted link: judge by exit code and fabric
+            ready = [r for r in fab.ready_reports() if r["incarnation"] == fab.incarnation]
+            result = Result(case.name, proc.returncode, "done" if proc.returncode == 0 else "failed", elapsed,
+                            len(ready), len(fab.failure_reports()), None, proc.stdout + proc.stderr, None)
+        else:
+            result = _result(case.name, vm, fab, proc, elapsed)
+    problems = []
+    if proc.returncode == -1:
+        problems.append("hung")
+    if digest(tree.outside) != outside_before:
+        problems.append("outside tree changed")
+    for base in (tree.root, tree.tmp / "state"):
+        for f in ([] if base.is_symlink() else base.rglob("*")):
+            st = f.lstat()
+            if f.is_file() and not f.is_symlink() and st.st_nlink == 1 and SECRET in f.read_bytes():
+                problems.append(f"outside secret copied into {f.relative_to(tmp)}")
+    if case.refusal not in result.output:
+        problems.append("refusal not named in the journal")
+    errors = (result.record or {}).get("recoverable_errors") or []
+    if case.step is not None and not any(e.get("step") == case.step and case.refusal in json.dumps(e)
+                                         for e in errors):
+        problems.append(f"refusal not in recoverable_errors for step {case.step}")
+    if _host_accounts() != hosts_before:
+        problems.append("this machine's account files changed")
+    result.detail = {"problems": problems, "recoverable_errors": errors}
+    return result
+
+
+PLACEHOLDER_UUIDS = {"all-zero": "00000000-0000-0000-0000-000000000000",
+                     "all-FF": "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF"}
+
+
+def run_placeholder_uuid(which: str, tmp: Path) -> Result:
+    """SMBIOS says "not present"/"not set": the VM id is IMDS vmId, --status says so, a reboot asks nothing."""
+    with FakeFabric() as fab:
+        vm = Env(tmp, fab.url)
+        vm.set("fabric", **FAST)
+        vm.uuid_path.write_text(PLACEHOLDER_UUIDS[which] + "\n")
+        first, t1 = bounded_run(vm)
+        asked = len(fab.log)
+        second, t2 = bounded_run(vm)
+        result = _result(f"SMBIOS UUID {which}", vm, fab, first, t1 + t2)
+        problems = []
+        record = result.record or {}
+        if (record.get("vm_id"), record.get("vm_id_source")) != (fab.vm_id.lower(), "imds"):
+            problems.append(f"vm id {record.get('vm_id')!r} from {record.get('vm_id_source')!r}, not IMDS vmId")
+        shown = status_json(vm)
+        if shown.get("vm_id_source") != "imds":
+            problems.append(f"--status --json vm_id_source is {shown.get('vm_id_source')!r}")
+        if second.returncode != 0 or len(fab.log) != asked:
+            problems.append(f"second boot: exit {second.returncode}, {len(fab.log) - asked} fabric request(s)")
+        result.detail = {"problems": problems, "second_output": second.stdout + second.stderr}
+        return result
+
+
+def run_done_record_without_vm_id(tmp: Path) -> Result:
+    """A DONE record that names no VM is no proof of this one: provision afresh, report Ready."""
+    from statemachine import persistence
+    from statemachine.phase import Phase
+
+    with FakeFabric() as fab:
+        vm = Env(tmp, fab.url)
+        vm.set("fabric", **FAST)
+        vm.state_dir.mkdir(mode=0o700)
+        persistence.save(vm.state_file, persistence.Record(state=Phase.DONE, vm_id=None))
+        proc, elapsed = bounded_run(vm)
+        result = _result("DONE record without vm_id", vm, fab, proc, elapsed)
+        problems = []
+        if (result.record or {}).get("vm_id") != vm.vm_id:
+            problems.append("the new record does not carry this VM's id")
+        if not (vm.state_dir / "state.json.prev").exists():
+            problems.append("the old record was not kept aside")
+        result.detail = {"problems": problems}
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Name:
+    """An adminUsername azprov must refuse: provisioning fails, and the ProvisioningFailed says why."""
+    name: str
+    username: str
+    passwd: str  # lines added to the temporary root's etc/passwd (an existing account)
+    reason: str  # what the ProvisioningFailed description must contain
+
+
+NAMES = [
+    Name('name: adminUsername `"azureuser\\n"`', "azureuser\n", "", "reason=admin username is not acceptable"),
+    Name("name: an existing `nobody` (uid 65534, nologin)", "nobody",
+         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", "a reserved system account name"),
+    Name("name: an existing account, uid 65000 > UID_MAX", "svcbackup",
+         "svcbackup:x:65000:65000::/home/svcbackup:/bin/bash\n", "outside UID_MIN..UID_MAX"),
+    Name("name: an existing account, nologin shell", "svcweb",
+         "svcweb:x:1500:1500::/home/svcweb:/usr/sbin/nologin\n", "allows no login"),
+]
+
+
+def run_name(case: Name, tmp: Path) -> Result:
+    """The accounts live only in the temporary root's etc/passwd; this machine's are read, never written."""
+    from test_fs_family import KEY, make_tree
+
+    tree = make_tree(tmp)
+    (tree.state / "state.json").unlink()
+    with (tree.root / "etc/passwd").open("a") as passwd:
+        passwd.write(case.passwd)
+    hosts_before = _host_accounts()
+    with FakeFabric() as fab:
+        _imds_with_key(fab, KEY, adminUsername=case.username)
+        vm = Env(tmp, fab.url)
+        vm.set("fabric", **FAST).set("configure", steps=ALL_STEPS).set("user", groups=[])
+        proc, elapsed = bounded_run(vm)
+        result = _result(case.name, vm, fab, proc, elapsed)
+        problems = []
+        described = " ".join(r.get("description") or "" for r in fab.failure_reports())
+        if case.reason not in described:
+            problems.append("ProvisioningFailed does not say why")
+        if (result.last_error or {}).get("data", {}).get("step") != "user":
+            problems.append("last_error does not name the user step")
+        if _host_accounts() != hosts_before:
+            problems.append("this machine's account files changed")
+        result.detail = {"problems": problems, "description": described}
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardening:
+    name: str
+    run: Callable[[Path], Result]
+    expect: str = "done"  # "done" or "failed"
+    reported: bool = False
+
+
+def _hardening() -> Iterator[Hardening]:
+    for p in PLANTS:
+        yield Hardening(p.name, functools.partial(run_plant, p))
+    for which in PLACEHOLDER_UUIDS:
+        yield Hardening(f"identity: SMBIOS UUID {which} (vm id from IMDS; reboot asks nothing)",
+                        functools.partial(run_placeholder_uuid, which))
+    yield Hardening("identity: DONE record without vm_id (a new VM)", run_done_record_without_vm_id)
+    for n in NAMES:
+        yield Hardening(n.name, functools.partial(run_name, n), expect="failed", reported=True)
+
+
+HARDENING = list(_hardening())
