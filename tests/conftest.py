@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -150,9 +153,51 @@ class Env:
         return subprocess.run(self.argv(*args), env={**self.env(), **(env or {})}, capture_output=True,
                               text=True, timeout=timeout, cwd=REPO)
 
+    def call(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """What `run` does, in this process: `cli.main` with this VM's environment, its system config layer
+        and its own stdout and stderr. For tests about what a run decides rather than about the process
+        (signals, crashes, the console script, the interpreter's exit), at a fraction of a process's start."""
+        return call_cli(self.argv(*args)[3:], {**self.env(), **(env or {})})
+
     def popen(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(self.argv(*args), env={**self.env(), **(env or {})}, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, cwd=REPO)
+
+
+def call_cli(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`azprov ARGV` in-process under `env` (which replaces os.environ for the call), as a CompletedProcess.
+    The system layer is read from env's AZPROV_CONFIG_DIR, which the config module otherwise binds at import.
+    Signal handlers, the environment and the loggers are restored afterwards."""
+    from statemachine import cli, config
+
+    system_dir = Path(env.get("AZPROV_CONFIG_DIR", str(_GUARD)))
+    system_layers = config.system_layers
+    saved_env = dict(os.environ)
+    saved_signals = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    out, err = io.StringIO(), io.StringIO()
+    config.system_layers = lambda _dir=system_dir: system_layers(system_dir)  # type: ignore[misc]
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main(argv)
+            except SystemExit as e:  # argparse: --help, --version, usage errors
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if e.code is not None and not isinstance(e.code, int):
+                    print(e.code, file=sys.stderr)
+            for name in ("azprov", "statemachine", "states"):
+                for handler in logging.getLogger(name).handlers:
+                    handler.flush()
+    finally:
+        config.system_layers = system_layers
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+        for name in ("azprov", "statemachine", "states"):
+            logging.getLogger(name).handlers.clear()
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ traceback, no hang, and nothing outside the configured root touched.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -44,6 +45,11 @@ def secret_file(tmp_path: Path) -> Path:
 
 # ---- XML: parser level ------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1)
+def fifty_mb_goal_state() -> bytes:
+    return ("<GoalState>" + "x" * (50 << 20) + "</GoalState>").encode()  # built once, not once per case
+
+
 def hostile_goal_states(secret: Path) -> dict[str, bytes]:
     laughs = '<!ENTITY l0 "lol">' + "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
     return {
@@ -56,7 +62,7 @@ def hostile_goal_states(secret: Path) -> dict[str, bytes]:
         "external-dtd": ('<?xml version="1.0"?><!DOCTYPE GoalState SYSTEM "http://127.0.0.1:9/evil.dtd">'
                          + PLAIN).encode(),
         "html-error-page": b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>",
-        "50-MB": ("<GoalState>" + "x" * (50 << 20) + "</GoalState>").encode(),
+        "50-MB": fifty_mb_goal_state(),
         "not-utf8": BODY.replace("c-1", "c-\xe9").encode("latin-1"),
         "duplicate-incarnation": BODY.replace("<Incarnation>7</Incarnation>",
                                               "<Incarnation>7</Incarnation><Incarnation>8</Incarnation>").encode(),
@@ -119,7 +125,7 @@ def test_one_hostile_goal_state_is_retried_then_ready(case: str, vm: Env, fabric
                                                       tmp_path: Path) -> None:
     secret = secret_file(tmp_path)
     fabric.set_script("goalstate", [{"status": 200, "body": hostile_goal_states(secret)[case]}])
-    out = vm.run(timeout=30)
+    out = vm.call()
     assert out.returncode == 0, out.stdout
     assert "goal state" in out.stdout and "retrying" in out.stdout
     assert "TOPSECRET" not in out.stdout + vm.state_file.read_text()
@@ -251,10 +257,10 @@ def test_valid_hostnames_are_accepted(name: str) -> None:
                                   for n in INVALID_HOSTNAMES if n not in ("\x00",)])
 def test_invalid_hostname_end_to_end_is_recoverable_and_writes_nothing(name: str, vm: Env, fabric: FakeFabric) -> None:
     fabric.computer_name = name
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 0 and len(fabric.ready_reports()) == 1, out.stdout
     assert vm.hostname() is None  # /etc/hostname under the root never written
-    assert vm.run("--status").returncode == 2
+    assert vm.call("--status").returncode == 2
     assert sorted(p.name for p in vm.root.rglob("*")) == ["etc"]
 
 
@@ -265,7 +271,7 @@ def test_invalid_hostname_end_to_end_is_recoverable_and_writes_nothing(name: str
 def test_imds_of_wrong_types_fails_with_a_report_naming_the_field(vm: Env, fabric: FakeFabric,
                                                                   document: dict[str, Any], field: str) -> None:
     fabric.imds_document = document
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
     record = json.loads(vm.state_file.read_text())
     assert record["state"] == "failed" and record["last_error"]["data"]["field"] == field
@@ -303,7 +309,7 @@ def safe_system_layer(vm: Env) -> None:
 def test_bad_config_exits_78_naming_the_key_or_line(vm: Env, fabric: FakeFabric, text: str, named: str) -> None:
     safe_system_layer(vm)
     vm.config_path.write_text(text)
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 78, out.stdout + out.stderr
     assert named in out.stderr and str(vm.config_path) in out.stderr
     assert "Traceback" not in out.stdout + out.stderr
@@ -313,8 +319,12 @@ def test_bad_config_exits_78_naming_the_key_or_line(vm: Env, fabric: FakeFabric,
     assert named in failure["description"]
 
 
-@pytest.mark.parametrize("entry", ["statemachine.cli", "statemachine.launch"])  # launch: the console script
-@pytest.mark.parametrize("kind", ["directory", "missing", "not-utf8", "fifo", "device"])
+# Every kind in-process (cli.main); the console script (launch) as a process too, for the fifo here (a read that
+# must not block) and for every kind in the slow suite.
+@pytest.mark.parametrize("entry, kind", [(e, k) if e == "in-process" or k == "fifo" else
+                                         pytest.param(e, k, marks=pytest.mark.slow)
+                                         for e in ("in-process", "statemachine.launch")
+                                         for k in ("directory", "missing", "not-utf8", "fifo", "device")])
 def test_unreadable_config_exits_78(vm: Env, fabric: FakeFabric, kind: str, entry: str) -> None:
     safe_system_layer(vm)
     path = vm.tmp / "odd.toml"
@@ -326,8 +336,12 @@ def test_unreadable_config_exits_78(vm: Env, fabric: FakeFabric, kind: str, entr
         os.mkfifo(path)  # nobody writes: reading it must not block the boot
     elif kind == "device":
         path = Path("/dev/zero")  # endless: must not be read to the end
-    argv = [*vm.argv()[:2], entry, "--config", str(path)]
-    out = subprocess.run(argv, env=vm.env(), capture_output=True, text=True, timeout=10, cwd=REPO)
+    if entry == "in-process":
+        from conftest import call_cli
+        out = call_cli(["--config", str(path)], vm.env())
+    else:
+        argv = [*vm.argv()[:2], entry, "--config", str(path)]
+        out = subprocess.run(argv, env=vm.env(), capture_output=True, text=True, timeout=10, cwd=REPO)
     assert out.returncode == 78 and str(path) in out.stderr, out.stdout + out.stderr
     assert not fabric.ready_reports() and len(fabric.failure_reports()) == 1
 
@@ -336,14 +350,14 @@ def test_unreadable_system_drop_in_exits_78(vm: Env, fabric: FakeFabric) -> None
     system = vm.tmp / "system-config"
     (system / "azprov.toml.d").mkdir(parents=True)
     (system / "azprov.toml.d" / "50-broken.toml").write_text("[fabric]\nnetwork_timeout = \"x\"\n")
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 78 and "50-broken.toml" in out.stderr and "fabric.network_timeout" in out.stderr
 
 
 def test_largest_accepted_timeouts_still_run(vm: Env, fabric: FakeFabric) -> None:
     big = 365 * 86400.0
     vm.set("fabric", network_timeout=big, wireserver_timeout=big, imds_timeout=big, request_timeout=big)
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 0 and "Traceback" not in out.stdout + out.stderr, out.stdout + out.stderr
 
 
@@ -373,7 +387,7 @@ def test_status_wait_returns_when_the_run_ends(vm: Env, fabric: FakeFabric) -> N
     fabric.set_script("imds", [{"status": 200, "delay": 0.8, "body": json.dumps(fabric.imds())}])
     run = vm.popen()
     wait_for(lambda: vm.state_file.exists())
-    waited = vm.run("--status", "--json", "--wait", timeout=20)
+    waited = vm.call("--status", "--json", "--wait")
     assert waited.returncode == 0 and json.loads(waited.stdout)["state"] == "done"
     run.communicate(timeout=20)
 
@@ -382,7 +396,7 @@ def test_dead_proxy_in_the_environment_changes_nothing(vm: Env, fabric: FakeFabr
     proxies = {k: DEAD_PROXY for k in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                                        "ALL_PROXY")}
     proxies["no_proxy"] = proxies["NO_PROXY"] = ""
-    out = vm.run(env=proxies)
+    out = vm.call(env=proxies)
     assert out.returncode == 0 and "retrying" not in out.stdout, out.stdout
     assert len(fabric.ready_reports()) == 1
 
@@ -416,7 +430,7 @@ def test_nothing_outside_the_root_and_state_dir_is_touched(vm: Env, fabric: Fake
     etc_hostname = Path("/etc/hostname")
     etc_before = etc_hostname.stat().st_mtime_ns if etc_hostname.exists() else None
     host_before = socket.gethostname()
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     changed = sorted(str(p.relative_to(vm.tmp)) for p in vm.tmp.rglob("*")
                      if p not in before or p.stat().st_mtime_ns != before[p])
     assert all(c in ("root/etc", "root/etc/hostname", "state") or c.startswith("state/") for c in changed), changed

@@ -1,6 +1,7 @@
 """End to end: what a failed or finished provisioning leaves for the operator outside the VM.
 
-The agent runs as a subprocess against the loopback fake fabric with its root in tmp_path; the KVP pool is
+The agent runs in-process (`Env.call`; as a subprocess where the process matters: a signal, a failpoint, the
+`kvp` subcommand once) against the loopback fake fabric with its root in tmp_path; the KVP pool is
 `<root>/var/lib/hyperv/.kvp_pool_1`. The fake fabric snapshots the pool when a health POST arrives (before it
 answers, so before the agent can write anything else): that proves the KVP records came before the POST.
 """
@@ -68,7 +69,7 @@ def events(pool: Path) -> list[tuple[str, str]]:
 def test_ready_writes_an_event_per_state_and_the_report_before_the_post(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
     snapshot_pool_on_health_posts(fabric, pool)
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 0, out.stdout
     assert events(pool) == [("enter", "network_wait"), ("leave", "network_wait"), ("enter", "goalstate"),
                             ("leave", "goalstate"), ("enter", "reporting"), ("leave", "reporting"),
@@ -91,7 +92,7 @@ def test_imds_never_answers_fails_naming_imds_and_the_budget(vm: Env, fabric: Fa
     snapshot_pool_on_health_posts(fabric, pool)
     vm.set("fabric", imds_timeout=1.5, request_timeout=0.4)
     fabric.set_script("imds", [{"action": "hang", "delay": 3}] * 50)
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 1
     [failure] = fabric.failure_reports()
     description = failure["description"]
@@ -111,7 +112,7 @@ def test_imds_never_answers_fails_naming_imds_and_the_budget(vm: Env, fabric: Fa
     assert leave["msg"] == "IMDS gave no usable instance metadata within fabric.imds_timeout"
     # The log line and --status carry the same reason.
     assert "IMDS gave no usable instance metadata within fabric.imds_timeout" in out.stdout
-    status = json.loads(vm.run("--status", "--json").stdout)
+    status = json.loads(vm.call("--status", "--json").stdout)
     assert status["last_error"]["reason"] == fields["reason"]
 
 
@@ -119,7 +120,7 @@ def test_goal_state_never_served_still_leaves_a_kvp_report(vm: Env, fabric: Fake
     pool = with_pool(vm)
     vm.set("fabric", wireserver_timeout=1.0)
     fabric.set_script("goalstate", [{"status": 500}] * 1000)
-    assert vm.run().returncode == 1
+    assert vm.call().returncode == 1
     assert fabric.failure_reports() == []  # a health report needs a goal state: the fabric heard nothing
     fields = report_fields(reports(pool)[-1])
     assert fields["result"] == "error"
@@ -133,7 +134,7 @@ def test_unreachable_wireserver_is_reported_through_kvp_only(vm: Env) -> None:
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     vm.set("fabric", wireserver_url=dead, imds_url=dead, network_timeout=0.6)
     pool = with_pool(vm)
-    assert vm.run().returncode == 1
+    assert vm.call().returncode == 1
     fields = report_fields(reports(pool)[-1])
     assert fields["reason"] == "WireServer did not accept a connection within fabric.network_timeout"
     assert events(pool) == [("enter", "network_wait"), ("leave", "network_wait"), ("enter", "failed")]
@@ -145,33 +146,33 @@ def test_bad_instance_metadata_fails_with_the_same_reason_everywhere(vm: Env, fa
     doc["compute"]["osProfile"]["disablePasswordAuthentication"] = "maybe"
     fabric.imds_document = doc
     vm.set("fabric", imds_timeout=1.0)
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 1
     [failure] = fabric.failure_reports()
     assert failure["description"] == reports(pool)[-1]
     assert 'instance metadata field is not "true" or "false"' in failure["description"]
-    assert json.loads(vm.run("--status", "--json").stdout)["last_error"]["reason"] in failure["description"]
+    assert json.loads(vm.call("--status", "--json").stdout)["last_error"]["reason"] in failure["description"]
 
 
 def test_json_health_protocol_ready(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
     snapshot_pool_on_health_posts(fabric, pool)
     vm.set("fabric", health_protocol="provisioning")
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     assert fabric.requests("health") == []
     [ready] = fabric.requests("provisioning_health")
     assert ready["status"] == 200 and ready["body"] == '{"state":"Ready"}'
     assert ready["headers"]["x-ms-guest-agent-name"] == "azprov"
     assert ready["headers"]["Content-Type"] == "application/json"
     assert ready["pool_keys"][-1] == "PROVISIONING_REPORT"
-    assert json.loads(vm.run("--status", "--json").stdout)["reported_ready_at"]
+    assert json.loads(vm.call("--status", "--json").stdout)["reported_ready_at"]
 
 
 def test_json_health_protocol_failure_carries_the_kvp_report(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
     vm.set("fabric", health_protocol="provisioning", imds_timeout=1.0)
     fabric.set_script("imds", [{"status": 503}] * 1000)
-    assert vm.run().returncode == 1
+    assert vm.call().returncode == 1
     posts = [e for e in fabric.requests("provisioning_health") if json.loads(e["body"])["state"] == "NotReady"]
     assert len(posts) == 1
     body = json.loads(posts[0]["body"])
@@ -182,22 +183,22 @@ def test_json_health_protocol_failure_carries_the_kvp_report(vm: Env, fabric: Fa
 def test_json_health_protocol_retries_like_the_xml_one(vm: Env, fabric: FakeFabric) -> None:
     vm.set("fabric", health_protocol="provisioning")
     fabric.set_script("provisioning_health", [{"status": 503}, {"action": "reset"}])
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     assert [e["status"] for e in fabric.requests("provisioning_health")] == [503, None, 200]
 
 
 def test_no_kvp_daemon_means_no_pool_and_one_debug_line(vm: Env, fabric: FakeFabric) -> None:
-    out = vm.run(env={"SYSTEMD_LOG_LEVEL": "debug"})
+    out = vm.call(env={"SYSTEMD_LOG_LEVEL": "debug"})
     assert out.returncode == 0
     assert not (vm.root / "var").exists()
     assert out.stdout.count("KVP pool directory absent") == 1
-    assert vm.run().stdout.count("KVP") == 0  # at the default level it is silent
+    assert vm.call().stdout.count("KVP") == 0  # at the default level it is silent
 
 
 def test_kvp_disabled_writes_nothing(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
     vm.set("kvp", enabled=False)
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     assert not pool.exists()
 
 
@@ -205,26 +206,26 @@ def test_stale_pool_from_an_earlier_boot_is_replaced(vm: Env, fabric: FakeFabric
     pool = with_pool(vm)
     pool.write_bytes(b"old-boot".ljust(RECORD_SIZE, b"\0"))
     os.utime(pool, (1.0, 1.0))  # 1970: before this machine's boot
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     assert "old-boot" not in [k for k, _ in decode_raw(pool.read_bytes())]
 
 
 def test_status_kvp_decodes_the_pool(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
-    assert vm.run().returncode == 0
-    text = vm.run("--status", "--kvp")
+    assert vm.call().returncode == 0
+    text = vm.call("--status", "--kvp")
     assert text.returncode == 0
     assert "kvp pool:" in text.stdout and "PROVISIONING_REPORT" in text.stdout and str(pool) in text.stdout
-    data = json.loads(vm.run("--status", "--json", "--kvp").stdout)
+    data = json.loads(vm.call("--status", "--json", "--kvp").stdout)
     assert data["kvp"]["path"] == str(pool)
     assert [r["key"] for r in data["kvp"]["records"] if r["key"] == "PROVISIONING_REPORT"] == ["PROVISIONING_REPORT"]
-    assert vm.run("--kvp").returncode == 64
+    assert vm.call("--kvp").returncode == 64
 
 
 def test_console_shows_each_transition_and_the_result_on_one_line(vm: Env, fabric: FakeFabric) -> None:
     vm.set("fabric", imds_timeout=0.5)
     fabric.set_script("imds", [{"status": 500}] * 1000)
-    plain = vm.run()
+    plain = vm.call()
     changes = [line for line in plain.stdout.splitlines() if "state changed" in line]
     assert [line.split("state=")[1] for line in changes] == ["'goalstate'", "'reporting'", "'configuring'",
                                                              "'failed'"]
@@ -233,7 +234,7 @@ def test_console_shows_each_transition_and_the_result_on_one_line(vm: Env, fabri
     assert "IMDS gave no usable instance metadata within fabric.imds_timeout" in final
     assert not any(line.startswith("<") for line in plain.stdout.splitlines())
     vm.new_vm()
-    journal = vm.run(env={"JOURNAL_STREAM": "8:1234"})
+    journal = vm.call(env={"JOURNAL_STREAM": "8:1234"})
     assert journal.stdout.splitlines() and all(line[:3] in ("<6>", "<4>", "<3>")
                                                for line in journal.stdout.splitlines())
 
@@ -291,29 +292,29 @@ def test_sigterm_is_told_to_the_host_and_the_next_run_says_resume(vm: Env, fabri
     [leave] = [report_fields(r.value) for r in records(pool) if "|leave|configuring|" in r.key]
     assert leave["result"] == "terminated" and leave["msg"] == "signal 15"
     fabric.set_script("imds", [])
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     resumed = [report_fields(r.value) for r in records(pool) if "|enter|configuring|" in r.key]
     assert [e["msg"] for e in resumed] == ["reported", "resume"]
 
 
 def test_kvp_command_prints_the_pool(vm: Env, fabric: FakeFabric) -> None:
     with_pool(vm)
-    assert vm.run("kvp").returncode == 1  # nothing written yet
-    assert vm.run().returncode == 0
-    out = vm.run("kvp")
+    assert vm.call("kvp").returncode == 1  # nothing written yet
+    assert vm.call().returncode == 0
+    out = vm.run("kvp")  # the subcommand once as a process
     assert out.returncode == 0 and "PROVISIONING_REPORT" in out.stdout and "|enter|done|" in out.stdout
-    data = json.loads(vm.run("kvp", "--json").stdout)
+    data = json.loads(vm.call("kvp", "--json").stdout)
     assert data["records"][-1]["key"].split("|")[2:4] == ["enter", "done"]
-    assert vm.run("kvp", "--status").returncode == 64
+    assert vm.call("kvp", "--status").returncode == 64
 
 
 def test_status_kvp_still_shows_the_pool_when_the_record_is_broken(vm: Env, fabric: FakeFabric) -> None:
     with_pool(vm)
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     vm.state_file.write_text("{broken")
-    out = vm.run("--status", "--kvp")
+    out = vm.call("--status", "--kvp")
     assert out.returncode == 1 and "PROVISIONING_REPORT" in out.stdout
-    data = json.loads(vm.run("--status", "--kvp", "--json").stdout)
+    data = json.loads(vm.call("--status", "--kvp", "--json").stdout)
     assert data["state"] == "unknown" and data["kvp"]["records"]
 
 
@@ -321,7 +322,7 @@ def test_health_report_refused_leaves_the_reason_in_kvp(vm: Env, fabric: FakeFab
     """The fabric answers 400 to every report: nothing reaches the portal, KVP still explains."""
     pool = with_pool(vm)
     fabric.set_script("health", [{"status": 400}] * 50)
-    assert vm.run().returncode == 1
+    assert vm.call().returncode == 1
     assert fabric.ready_reports() == [] and fabric.failure_reports() == []
     fields = report_fields(reports(pool)[-1])
     assert fields["result"] == "error" and fields["reason"] == "fabric answered with an error status"
@@ -331,7 +332,7 @@ def test_health_report_refused_leaves_the_reason_in_kvp(vm: Env, fabric: FakeFab
 
 def test_unexpected_bug_is_reported_like_any_failure(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
-    out = vm.run(env={"AZPROV_FAILPOINT": "reporting.after_post:raise"})
+    out = vm.run(env={"AZPROV_FAILPOINT": "reporting.after_post:raise"})  # failpoints are armed at start-up
     assert out.returncode == 1
     [failure] = fabric.failure_reports()
     fields = report_fields(failure["description"])
