@@ -1,4 +1,6 @@
-"""End to end: the `azprov` CLI as a subprocess against the loopback fake fabric."""
+"""End to end: the `azprov` CLI against the loopback fake fabric, as a subprocess for each path a process
+takes (first boot, later boot, status, usage and config errors, a crash and its resume, the console script)
+and in-process (`Env.call`, the same `cli.main`) where a test is about what the run decides."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from scenarios import wait_for
 
 
 def status_json(vm: Env) -> dict[str, Any]:
-    out = vm.run("--status", "--json")
+    out = vm.call("--status", "--json")  # as a process in test_status_before_any_run and the console script test
     return json.loads(out.stdout)
 
 
@@ -37,11 +39,11 @@ def test_first_boot_reports_ready_and_sets_hostname(vm: Env, fabric: FakeFabric)
     assert [h["state"] for h in status["history"]] == ["network_wait", "goalstate", "reporting",
                                                         "configuring", "done"]
     assert all(h["at"].endswith("Z") for h in status["history"])
-    assert vm.run("--status").returncode == 0
+    assert vm.call("--status").returncode == 0
 
 
 def test_reboot_of_a_provisioned_vm_sends_nothing(vm: Env, fabric: FakeFabric) -> None:
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     before = len(fabric.log)
     out = vm.run()
     assert out.returncode == 0 and "already provisioned" in out.stdout
@@ -49,7 +51,7 @@ def test_reboot_of_a_provisioned_vm_sends_nothing(vm: Env, fabric: FakeFabric) -
 
 
 def test_done_fast_path_imports_nothing_heavy(vm: Env) -> None:
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     code = ("import sys\nfrom statemachine.cli import main\nrc = main(['--config', sys.argv[1]])\n"
             "heavy = [m for m in ('requests', 'lxml', 'transitions', 'urllib3') if m in sys.modules]\n"
             "print('RC', rc, 'HEAVY', heavy)\n")
@@ -59,10 +61,10 @@ def test_done_fast_path_imports_nothing_heavy(vm: Env) -> None:
 
 
 def test_new_vm_from_the_image_provisions_afresh(vm: Env, fabric: FakeFabric) -> None:
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     first_id = vm.vm_id
     vm.new_vm()
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 0 and "another VM" in out.stdout
     assert len(fabric.ready_reports()) == 2
     assert status_json(vm)["vm_id"] == vm.vm_id != first_id
@@ -83,7 +85,7 @@ def test_retries_then_ready(vm: Env, fabric: FakeFabric) -> None:
 
 def test_410_refetches_the_goal_state_and_reposts(vm: Env, fabric: FakeFabric) -> None:
     fabric.set_script("health", [{"action": "bump"}])
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     ready = fabric.ready_reports()
     assert len(ready) == 1 and ready[0]["incarnation"] == "2"
     assert status_json(vm)["incarnation"] == "2"
@@ -93,10 +95,10 @@ def test_wireserver_listening_late(make_vm: Any) -> None:
     fake = FakeFabric()
     fake.reserve_port()
     vm = make_vm(fake.url)
-    timer = threading.Timer(1.0, fake.start)
+    timer = threading.Timer(0.5, fake.start)
     timer.start()
     try:
-        out = vm.run()
+        out = vm.call()
         assert out.returncode == 0, out.stdout
         assert len(fake.ready_reports()) == 1
     finally:
@@ -156,7 +158,7 @@ def test_broken_record_is_moved_aside_and_the_vm_still_reports_ready(vm: Env, fa
     vm.state_dir.mkdir(mode=0o700)
     vm.state_file.write_text('{"schema": 1, "state": "repor')
     vm.state_file.chmod(0o600)
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 0 and "moved aside" in out.stdout
     assert len(fabric.ready_reports()) == 1
     assert len(list(vm.state_dir.glob("state.json.corrupt-*"))) == 1
@@ -165,12 +167,12 @@ def test_broken_record_is_moved_aside_and_the_vm_still_reports_ready(vm: Env, fa
 def test_status_before_any_run(vm: Env) -> None:
     out = vm.run("--status", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["state"] == "not_started"
-    assert "has not run" in vm.run("--status").stdout
+    assert "has not run" in vm.call("--status").stdout
 
 
 @pytest.mark.parametrize("args", [["--json"], ["--wait"], ["--bogus"], ["extra"]])
 def test_usage_errors_exit_64(vm: Env, args: list[str]) -> None:
-    assert vm.run(*args).returncode == 64
+    assert vm.call(*args).returncode == 64  # as a process: the console script test below
 
 
 def test_config_errors_exit_78_naming_the_key(vm: Env) -> None:
@@ -181,9 +183,9 @@ def test_config_errors_exit_78_naming_the_key(vm: Env) -> None:
 
 
 def test_journal_priority_prefix_only_under_systemd(vm: Env) -> None:
-    plain = vm.run()
+    plain = vm.call()
     assert not plain.stdout.startswith("<")
-    journal = vm.run(env={"JOURNAL_STREAM": "8:1234"})
+    journal = vm.call(env={"JOURNAL_STREAM": "8:1234"})
     assert all(line.startswith("<6>") for line in journal.stdout.splitlines())
 
 
@@ -246,12 +248,12 @@ def test_a_bug_in_a_step_still_tells_the_platform(vm: Env, fabric: FakeFabric) -
 
 
 def test_the_ready_uses_the_goal_state_just_fetched_and_a_410_fetches_anew(vm: Env, fabric: FakeFabric) -> None:
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     assert [e["route"] for e in fabric.log] == ["goalstate", "health", "imds"]
     other = FakeFabric(script={"health": [{"action": "bump"}]}).start()
     try:
         again = Env(vm.tmp / "second", other.url)
-        assert again.run().returncode == 0
+        assert again.call().returncode == 0
         assert [(e["route"], e["status"]) for e in other.log] == [
             ("goalstate", 200), ("health", 410), ("goalstate", 200), ("health", 200), ("imds", 200)]
         assert other.ready_reports()[0]["incarnation"] == "2"
