@@ -1,5 +1,6 @@
 """Full provisioning through the CLI against the fake fabric, under a temporary root: hostname, user and
-SSH keys, crash-resume between steps, --dry-run, the media, and `clean`."""
+SSH keys, crash-resume between steps, --dry-run, the media, and `clean`. A process for the first run, each
+crash, --dry-run, `clean` and the exit codes 2 and 75; in-process (`Env.call`) for the rest."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def full(vm: Env, fabric: FakeFabric) -> Env:
 
 
 def status(vm: Env) -> dict[str, Any]:
-    out = vm.run("--status", "--json")
+    out = vm.call("--status", "--json")
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
@@ -59,10 +60,10 @@ def test_full_provisioning_then_reboot_does_nothing(full: Env, fabric: FakeFabri
     st = status(full)
     assert st["state"] == "done" and set(st["steps"]) == set(STEPS)
     assert all(s["status"] == "done" and s["at"] and "duration_s" in s for s in st["steps"].values())
-    text = full.run("--status").stdout
+    text = full.call("--status").stdout
     assert "configure steps:" in text and "ssh_keys" in text and "user: azureuser absent" in text
     before = len(fabric.log)
-    assert full.run().returncode == 0 and len(fabric.log) == before
+    assert full.call().returncode == 0 and len(fabric.log) == before
 
 
 def test_crash_after_user_resumes_at_ssh_keys(full: Env, fabric: FakeFabric) -> None:
@@ -72,7 +73,7 @@ def test_crash_after_user_resumes_at_ssh_keys(full: Env, fabric: FakeFabric) -> 
     assert st["state"] == "configuring" and set(st["steps"]) == {"hostname", "user"}
     user_at = st["steps"]["user"]["at"]
     assert not (full.root / "home/azureuser/.ssh").exists()
-    out = full.run()
+    out = full.call()
     assert out.returncode == 0, out.stdout + out.stderr
     st = status(full)
     assert st["steps"]["user"]["at"] == user_at  # not redone
@@ -84,7 +85,7 @@ def test_crash_after_user_resumes_at_ssh_keys(full: Env, fabric: FakeFabric) -> 
 def test_crash_inside_a_step_reruns_it_idempotently(full: Env) -> None:
     out = full.run(env={"AZPROV_FAILPOINT": "configure.user.after:kill"})
     assert out.returncode != 0 and "user" not in status(full)["steps"]
-    assert full.run().returncode == 0
+    assert full.call().returncode == 0
     st = status(full)
     assert st["steps"]["user"]["status"] == "unchanged"  # the account existed already: nothing redone
     assert [line.split(":")[0] for line in (full.root / "etc/passwd").read_text().splitlines()].count(
@@ -93,8 +94,8 @@ def test_crash_inside_a_step_reruns_it_idempotently(full: Env) -> None:
 
 def test_bad_key_is_a_recoverable_error(full: Env, fabric: FakeFabric) -> None:
     imds(fabric, [{"keyData": KEY_A}, {"keyData": "ssh-rsa AAAANOTAREALKEY== foo@bar"}])
-    assert full.run().returncode == 0
-    assert full.run("--status").returncode == 2
+    assert full.call().returncode == 0
+    assert full.run("--status").returncode == 2  # exit 2 (recoverable errors) as a process
     st = status(full)
     assert st["steps"]["ssh_keys"]["status"] == "recoverable_error"
     assert st["recoverable_errors"][0]["step"] == "ssh_keys"
@@ -102,7 +103,7 @@ def test_bad_key_is_a_recoverable_error(full: Env, fabric: FakeFabric) -> None:
 
 def test_invalid_username_fails_and_names_the_step(full: Env, fabric: FakeFabric) -> None:
     imds(fabric, [], adminUsername="root")
-    assert full.run().returncode == 1
+    assert full.call().returncode == 1
     st = status(full)
     assert st["state"] == "failed" and st["last_error"]["data"]["step"] == "user"
     assert fabric.failure_reports()
@@ -120,7 +121,7 @@ def test_dry_run_changes_nothing_and_posts_nothing(full: Env, fabric: FakeFabric
     assert [e["route"] for e in fabric.log] == ["goalstate", "imds"]  # reads only
     assert not full.state_file.exists() and full.hostname() is None
     assert (full.root / "etc/passwd").read_bytes() == passwd
-    data = json.loads(full.run("--dry-run", "--json").stdout)
+    data = json.loads(full.call("--dry-run", "--json").stdout)
     assert [s["step"] for s in data["steps"]] == STEPS
     assert data["steps"][0] == {"step": "hostname", "action": "change", "before": "unset", "after": "web-01",
                                 "why": "IMDS osProfile.computerName"}
@@ -145,7 +146,7 @@ def test_media_password_custom_data_and_clean(full: Env, fabric: FakeFabric, tmp
     doc["compute"]["osProfile"] = {"computerName": "web-01"}
     fabric.imds_document = doc
     full.set("media", enabled=True, device=str(media_dir))
-    out = full.run()
+    out = full.call()
     assert out.returncode == 0, out.stdout + out.stderr
     assert "test-password" not in out.stdout + out.stderr
     assert "test-password" not in full.state_file.read_text()
@@ -164,14 +165,14 @@ def test_media_password_custom_data_and_clean(full: Env, fabric: FakeFabric, tmp
     assert f"removed {full.state_file}" in out.stdout and f"removed {custom}" in out.stdout
     assert (full.root / "etc/machine-id").read_text() == "uninitialized\n"
     assert not (full.root / "var/log/azprov.log").exists()
-    assert full.run("clean").stdout.strip() == "nothing to remove"
-    assert full.run("--status", "--json").returncode == 0 and status(full)["state"] == "not_started"
+    assert full.call("clean").stdout.strip() == "nothing to remove"
+    assert full.call("--status", "--json").returncode == 0 and status(full)["state"] == "not_started"
 
 
 def test_clean_refuses_while_a_run_holds_the_lock(full: Env) -> None:
     from statemachine.lock import RunLock
 
-    assert full.run().returncode == 0
+    assert full.call().returncode == 0
     held = RunLock(full.state_dir / "lock")
     assert held.try_acquire()
     try:
@@ -183,9 +184,9 @@ def test_clean_refuses_while_a_run_holds_the_lock(full: Env) -> None:
 
 
 def test_usage_errors(full: Env) -> None:
-    assert full.run("--logs").returncode == 64
-    assert full.run("clean", "--status").returncode == 64
-    assert full.run("--dry-run", "--status").returncode == 64
+    assert full.call("--logs").returncode == 64
+    assert full.call("clean", "--status").returncode == 64
+    assert full.call("--dry-run", "--status").returncode == 64
 
 
 def test_broken_media_is_recorded_once_and_imds_still_provisions(full: Env, tmp_path: Path) -> None:
@@ -195,17 +196,17 @@ def test_broken_media_is_recorded_once_and_imds_still_provisions(full: Env, tmp_
     full.set("media", enabled=True, device=str(media_dir))
     out = full.run(env={"AZPROV_FAILPOINT": "configure.ssh_keys.before:kill"})
     assert out.returncode != 0
-    assert full.run().returncode == 0  # the resumed run reads the media again: still recorded once
+    assert full.call().returncode == 0  # the resumed run reads the media again: still recorded once
     st = status(full)
     assert st["state"] == "done" and all(s["status"] == "done" for s in st["steps"].values())
     assert [(e["step"], e["reason"]) for e in st["recoverable_errors"]] == [
         ("media", "ovf-env.xml has a duplicate element")]
-    assert full.run("--status").returncode == 2
+    assert full.call("--status").returncode == 2
 
 
 def test_enabled_media_without_a_cd_is_fine(full: Env, tmp_path: Path) -> None:
     full.set("media", enabled=True, device=str(tmp_path / "no-sr0"))
-    assert full.run().returncode == 0
+    assert full.call().returncode == 0
     assert status(full)["recoverable_errors"] == [] and not (full.state_dir / "custom_data").exists()
 
 
@@ -214,7 +215,7 @@ def test_dry_run_with_media_saves_no_custom_data(full: Env, tmp_path: Path) -> N
     media_dir.mkdir()
     shutil.copy(FIXTURES / "cloudinit_ovf_env_full.xml", media_dir / "ovf-env.xml")
     full.set("media", enabled=True, device=str(media_dir))
-    out = full.run("--dry-run")
+    out = full.call("--dry-run")
     assert "media: read" in out.stdout
     assert f"custom_data: would save 3 bytes to {full.state_dir / 'custom_data'} (mode 0600)" in out.stdout
     assert "test-password" not in out.stdout + out.stderr
