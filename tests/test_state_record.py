@@ -54,7 +54,7 @@ def _assert_fresh_and_ready(vm: Env, fabric: FakeFabric, out: subprocess.Complet
 ])
 def test_broken_record_is_moved_aside_and_ready_still_reported(vm: Env, fabric: FakeFabric, content: bytes) -> None:
     _plant(vm, content)
-    _assert_fresh_and_ready(vm, fabric, vm.run())
+    _assert_fresh_and_ready(vm, fabric, vm.call())
 
 
 def test_status_never_tracebacks_on_a_broken_record(vm: Env) -> None:
@@ -63,7 +63,7 @@ def test_status_never_tracebacks_on_a_broken_record(vm: Env) -> None:
                     b"\xff\xfe", b'{"schema": 1, "steps": {"hostname": {"status": [], "error": 3}}}'):
         _plant(vm, content)
         for args in (["--status"], ["--status", "--json"]):
-            out = vm.run(*args)
+            out = vm.call(*args)
             assert "Traceback" not in out.stdout + out.stderr, (content, out.stdout + out.stderr)
             assert out.returncode in (0, 1, 2)
 
@@ -74,7 +74,7 @@ def test_symlinked_record_is_refused_not_followed(vm: Env, fabric: FakeFabric, t
     before = outside.read_bytes()
     vm.state_dir.mkdir(mode=0o700)
     vm.state_file.symlink_to(outside)
-    out = vm.run()
+    out = vm.call()
     _assert_fresh_and_ready(vm, fabric, out)
     assert "symlink" in out.stdout
     assert outside.read_bytes() == before  # neither read as ours nor written through
@@ -85,14 +85,14 @@ def test_symlinked_record_is_refused_not_followed(vm: Env, fabric: FakeFabric, t
 def test_record_owned_by_another_user_is_refused(vm: Env, fabric: FakeFabric) -> None:
     _plant(vm, VALID.encode())
     os.chown(vm.state_file, 12345, 12345)
-    out = vm.run()
+    out = vm.call()
     _assert_fresh_and_ready(vm, fabric, out)
     assert "owned by another user" in out.stdout
 
 
 def test_record_writable_by_others_is_refused(vm: Env, fabric: FakeFabric) -> None:
     _plant(vm, VALID.encode(), mode=0o666)
-    out = vm.run()
+    out = vm.call()
     _assert_fresh_and_ready(vm, fabric, out)
     assert "writable by others" in out.stdout
 
@@ -103,7 +103,7 @@ def test_stale_temp_files_are_removed_under_the_lock(vm: Env, fabric: FakeFabric
     stale.write_text('{"schema": 1, "sta')
     unrelated = vm.state_dir / "notes.txt"
     unrelated.write_text("keep me")
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     assert not stale.exists() and unrelated.exists()
 
 
@@ -113,7 +113,7 @@ def test_state_dir_owned_by_another_user_is_not_used_but_ready_is_reported(vm: E
     planted = vm.state_dir / "state.json"
     planted.write_text(json.dumps(persistence.to_json(Record(state=persistence.Phase.DONE, vm_id=vm.vm_id))))
     os.chown(vm.state_dir, 12345, 12345)
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 0 and len(fabric.ready_reports()) == 1, out.stdout + out.stderr
     assert "owned by another user" in out.stdout and "without a record" in out.stdout
     assert json.loads(planted.read_text())["state"] == "done"  # untouched, not trusted either
