@@ -14,7 +14,7 @@ from fakefabric import FakeFabric
 
 
 def status_json(vm: Env) -> dict[str, Any]:
-    return json.loads(vm.run("--status", "--json").stdout)
+    return json.loads(vm.call("--status", "--json").stdout)
 
 
 def break_config(vm: Env, text: str) -> None:
@@ -23,7 +23,7 @@ def break_config(vm: Env, text: str) -> None:
 
 def test_unknown_key_is_reported_to_the_platform_and_recorded(vm: Env, fabric: FakeFabric) -> None:
     break_config(vm, "[agent]\nmax_boot_attemps = 3\n")
-    out = vm.run()
+    out = vm.run()  # a process here; in-process (Env.call) below
     assert out.returncode == 78, out.stdout + out.stderr
     assert not fabric.ready_reports()
     [failure] = fabric.failure_reports()
@@ -39,7 +39,7 @@ def test_unknown_key_is_reported_to_the_platform_and_recorded(vm: Env, fabric: F
 
 def test_toml_syntax_error_names_the_line(vm: Env, fabric: FakeFabric) -> None:
     break_config(vm, "[agent\nmax_boot_attempts = 3\n")
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 78, out.stdout + out.stderr
     [failure] = fabric.failure_reports()
     assert "line" in failure["description"] and vm.config_path.name in failure["description"]
@@ -48,9 +48,9 @@ def test_toml_syntax_error_names_the_line(vm: Env, fabric: FakeFabric) -> None:
 def test_a_fixed_config_provisions_on_the_next_boot(vm: Env, fabric: FakeFabric) -> None:
     vm.set("agent", max_boot_attempts=3)  # leaves room for the boot after the fix
     break_config(vm, "[log]\nlevell = 'info'\n")
-    assert vm.run().returncode == 78
+    assert vm.call().returncode == 78
     vm.write()  # the operator fixes the file
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 0, out.stdout + out.stderr
     assert len(fabric.ready_reports()) == 1
     status = status_json(vm)
@@ -58,10 +58,10 @@ def test_a_fixed_config_provisions_on_the_next_boot(vm: Env, fabric: FakeFabric)
 
 
 def test_a_provisioned_vm_is_left_alone(vm: Env, fabric: FakeFabric) -> None:
-    assert vm.run().returncode == 0
+    assert vm.call().returncode == 0
     before = len(fabric.log)
     break_config(vm, "[agent]\nmax_boot_attemps = 3\n")
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 78
     assert len(fabric.log) == before
     assert status_json(vm)["state"] == "done"

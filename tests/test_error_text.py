@@ -188,7 +188,7 @@ def test_refused_imds_reads_connection_refused_everywhere(vm: Env, fabric: FakeF
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
     vm.set("fabric", imds_url=dead, imds_timeout=1.0, request_timeout=0.5)
-    out = vm.run()
+    out = vm.call()
     assert out.returncode == 1, out.stdout + out.stderr
     retries = [line for line in out.stdout.splitlines() if "step failed; retrying" in line]
     assert retries
@@ -199,7 +199,7 @@ def test_refused_imds_reads_connection_refused_everywhere(vm: Env, fabric: FakeF
     assert record["last_error"]["data"]["last_detail"] == "connection refused"
     [failure] = fabric.failure_reports()
     assert "|last_detail=connection refused|" in failure["description"]
-    assert "  last_detail: connection refused" in vm.run("--status", "--long").stdout
+    assert "  last_detail: connection refused" in vm.call("--status", "--long").stdout
 
 
 # ---- config errors -----------------------------------------------------------------------------------------
@@ -264,9 +264,9 @@ def test_load_valid_problems_carry_the_line(tmp_path: Path) -> None:
 def test_status_shows_the_config_error_as_the_run_does(vm: Env) -> None:
     vm.config_path.write_text(vm.config_path.read_text() + "[agent]\nmax_boot_attemps = 3\n")
     line = len(vm.config_path.read_text().splitlines())
-    out = vm.run("--status")
+    out = vm.call("--status")
     assert f"{vm.config_path}:{line}: agent.max_boot_attemps: unknown configuration key" in out.stdout
-    assert json.loads(vm.run("--status", "--json").stdout)["config_error"]["data"]["line"] == line
+    assert json.loads(vm.call("--status", "--json").stdout)["config_error"]["data"]["line"] == line
 
 
 # ---- find_line ---------------------------------------------------------------------------------------------

@@ -391,7 +391,7 @@ def test_sigterm_then_status_says_interrupted_and_wait_returns(vm: Env, fabric: 
     vm.set("fabric", request_timeout=30.0)
     proc = vm.popen()
     wait_for(lambda: fabric.requests("imds"))
-    running = vm.run("status", "--json")
+    running = vm.call("status", "--json")
     data = json.loads(running.stdout)
     assert running.returncode == 0 and data["running"] and data["pid"] == proc.pid
     proc.send_signal(signal.SIGTERM)
