@@ -41,10 +41,11 @@ test: $(BIN)/.stamp
 	$(ISOLATED) $(BIN)/python -m pytest -q -m "not slow and not boot"
 
 # Slower suites (wheel install into a fresh venv, the reliability matrix, bench smoke): run by .ci/run too.
+# Also every property test with all the examples its settings ask for (`make test` tries a quarter of them).
 # pip inside the namespace installs only from the wheels fetched beforehand.
 test-slow: $(BIN)/.stamp $(TEST_WHEELS)/.stamp
-	PIP_NO_INDEX=1 PIP_FIND_LINKS=$(abspath $(TEST_WHEELS)) \
-	  $(ISOLATED) $(BIN)/python -m pytest -q -m "slow and not boot"
+	PIP_NO_INDEX=1 PIP_FIND_LINKS=$(abspath $(TEST_WHEELS)) AZPROV_PROPERTY_EXAMPLES=full \
+	  $(ISOLATED) $(BIN)/python -m pytest -q -m "(slow or hypothesis) and not boot"
 
 lint: $(BIN)/.stamp
 	$(BIN)/ruff check .

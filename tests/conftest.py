@@ -209,3 +209,42 @@ def vm(tmp_path: Path, fabric: FakeFabric, monkeypatch: pytest.MonkeyPatch) -> E
 @pytest.fixture
 def make_vm(tmp_path: Path) -> Callable[[str], Env]:
     return lambda url: Env(tmp_path, url)
+
+
+# ---- property tests: fewer examples in `make test`, all of them in `make test-slow` ----------------------------
+
+# `make test` tries each property with a quarter of the examples its settings ask for (at least 20, or all of
+# them when fewer are asked): the quick suite still shows a broken property at once, most of the time. `make
+# test-slow` sets AZPROV_PROPERTY_EXAMPLES=full and runs every property test again with all its examples.
+FULL_EXAMPLES = os.environ.get("AZPROV_PROPERTY_EXAMPLES") == "full"
+
+
+def quick_examples(asked: int) -> int:
+    return max(min(asked, 20), asked // 4)
+
+
+def _fewer_examples(current: Any) -> Any:
+    from hypothesis import settings
+
+    return settings(current, max_examples=quick_examples(current.max_examples))
+
+
+@pytest.hookimpl(trylast=True)  # after Hypothesis's own hook has marked its tests
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if FULL_EXAMPLES:
+        return
+    done: set[int] = set()
+    for item in items:
+        if item.get_closest_marker("hypothesis") is None or item.get_closest_marker("slow") is not None:
+            continue
+        test = getattr(item, "obj", None)
+        case = getattr(item, "cls", None)
+        if getattr(test, "__name__", "") == "runTest" and case is not None and hasattr(case, "settings"):
+            if id(case) not in done:  # a RuleBasedStateMachine's TestCase: public, per class
+                done.add(id(case))
+                case.settings = _fewer_examples(case.settings)
+        elif hasattr(test, "_hypothesis_internal_use_settings") and id(test) not in done:
+            # @given keeps its settings on the wrapper; parametrised cases share it, so change it once.
+            done.add(id(test))
+            test._hypothesis_internal_use_settings = _fewer_examples(  # type: ignore[union-attr]
+                test._hypothesis_internal_use_settings)  # type: ignore[union-attr]

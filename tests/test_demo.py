@@ -20,6 +20,7 @@ def demo(tmp_path: Path, scenario: str) -> subprocess.CompletedProcess[str]:
     return out
 
 
+@pytest.mark.slow  # waits out the demo's 3 s IMDS budget; CI also runs `make demo` itself
 def test_imds_down_is_reported_to_the_platform_and_explained(tmp_path: Path) -> None:
     out = demo(tmp_path, "imds-down")
     assert out.returncode == 0, out.stdout + out.stderr  # the demo succeeds when the failure is reported

@@ -456,7 +456,8 @@ def _absolute(m: re.Match[str]) -> str:
 
 @pytest.mark.skipif(not __import__("shutil").which("strace"), reason="strace not installed")
 @pytest.mark.parametrize("script", [
-    pytest.param({}, id="clean-run"),
+    # The clean run's writes are also checked in-process by test_nothing_outside_the_root_and_state_dir_is_touched.
+    pytest.param({}, id="clean-run", marks=pytest.mark.slow),
     pytest.param({"goalstate": [{"status": 500}], "imds": [{"status": 200, "body": '{"compute": 5}'}]},
                  id="retry-then-failed-report"),
 ])
