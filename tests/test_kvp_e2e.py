@@ -90,7 +90,7 @@ def test_ready_writes_an_event_per_state_and_the_report_before_the_post(vm: Env,
 def test_imds_never_answers_fails_naming_imds_and_the_budget(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
     snapshot_pool_on_health_posts(fabric, pool)
-    vm.set("fabric", imds_timeout=1.5, request_timeout=0.4)
+    vm.set("fabric", imds_timeout=0.8, request_timeout=0.4)
     fabric.set_script("imds", [{"action": "hang", "delay": 3}] * 50)
     out = vm.call()
     assert out.returncode == 1
@@ -98,7 +98,7 @@ def test_imds_never_answers_fails_naming_imds_and_the_budget(vm: Env, fabric: Fa
     description = failure["description"]
     fields = report_fields(description)
     assert fields["reason"] == "IMDS gave no usable instance metadata within fabric.imds_timeout"
-    assert fields["budget_key"] == "fabric.imds_timeout" and fields["budget_s"] == "1.5"
+    assert fields["budget_key"] == "fabric.imds_timeout" and fields["budget_s"] == "0.8"
     assert fields["last_endpoint"] == "imds"
     assert len(description) <= 512
     # KVP says the same, and said it before the NotReady POST.
@@ -118,7 +118,7 @@ def test_imds_never_answers_fails_naming_imds_and_the_budget(vm: Env, fabric: Fa
 
 def test_goal_state_never_served_still_leaves_a_kvp_report(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
-    vm.set("fabric", wireserver_timeout=1.0)
+    vm.set("fabric", wireserver_timeout=0.5)
     fabric.set_script("goalstate", [{"status": 500}] * 1000)
     assert vm.call().returncode == 1
     assert fabric.failure_reports() == []  # a health report needs a goal state: the fabric heard nothing
@@ -170,7 +170,7 @@ def test_json_health_protocol_ready(vm: Env, fabric: FakeFabric) -> None:
 
 def test_json_health_protocol_failure_carries_the_kvp_report(vm: Env, fabric: FakeFabric) -> None:
     pool = with_pool(vm)
-    vm.set("fabric", health_protocol="provisioning", imds_timeout=1.0)
+    vm.set("fabric", health_protocol="provisioning", imds_timeout=0.5)
     fabric.set_script("imds", [{"status": 503}] * 1000)
     assert vm.call().returncode == 1
     posts = [e for e in fabric.requests("provisioning_health") if json.loads(e["body"])["state"] == "NotReady"]
