@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from statemachine import fs
 from statemachine.errors import StateFileError
 from statemachine.failpoints import failpoint
-from statemachine.phase import Phase
+from statemachine.machine import Phase
 from statemachine.text import clean_json, decode_json
 
 SCHEMA = 1

@@ -9,10 +9,9 @@ short (power cut, SIGTERM); continue from the recorded phase, since every step i
 
 from __future__ import annotations
 
-from statemachine.machine import ends_run, is_terminal
+from statemachine.machine import Phase, ends_run, is_terminal
 from statemachine.persistence import Record
-from statemachine.phase import Phase
-from statemachine.timeutil import parse_utc
+from statemachine.text import parse_utc
 
 
 def fresh_record(vm_id: str | None, now: str) -> Record:

@@ -25,8 +25,7 @@ from statemachine.machine import FAILURE_REPORT_BUDGET, PHASES, Agent, Phase, bu
 from statemachine.persistence import Record
 from statemachine.resume import plan_start, with_transition
 from statemachine.store import Store, load, prepare_state_dir
-from statemachine.text import clean
-from statemachine.timeutil import utc_now
+from statemachine.text import clean, utc_now
 
 log = logging.getLogger("azprov")
 

@@ -22,9 +22,9 @@ from typing import Any, TextIO
 
 from statemachine import optout
 from statemachine.errors import ConfigError, StateFileError
+from statemachine.machine import TERMINAL, Phase
 from statemachine.persistence import LOCK_FILE, SCHEMA, Record, load, to_json
-from statemachine.phase import TERMINAL, Phase
-from statemachine.timeutil import parse_utc
+from statemachine.text import parse_utc
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -15,7 +15,7 @@ from typing import Callable
 from statemachine.health import REPORT_KEY, event_key, event_value, report_fields
 from statemachine.kvp import KvpPool
 from statemachine.log import fields
-from statemachine.timeutil import utc_now
+from statemachine.text import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from statemachine.errors import AgentError, ConfigureError, MediaError, Recovera
 from statemachine.failpoints import failpoint
 from statemachine.log import fields
 from statemachine.persistence import Record
-from statemachine.timeutil import utc_now
+from statemachine.text import utc_now
 from states.configure import Facts, registry
 from states.configure.publish import ordered
 from states.imds import parse_instance

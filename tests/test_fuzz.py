@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from statemachine import config, persistence, retry, status
 from statemachine.errors import AgentError, ConfigError, GoalStateError, MetadataError, StateFileError
 from statemachine.health import MAX_DESCRIPTION, HealthReport, failure_description, render_health
-from statemachine.phase import Phase
+from statemachine.machine import Phase
 from statemachine.resume import plan_start, with_transition
 from states.configure import Facts, hostname
 from states.goalstate import GoalState, parse_goal_state

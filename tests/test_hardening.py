@@ -18,8 +18,8 @@ from lxml import etree
 from statemachine import cli, fs, persistence
 from statemachine.errors import StateFileError
 from statemachine.identity import normalize
+from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
 from statemachine.resume import plan_start
 from statemachine.text import MARK, clean, decode_json, parse_bool
 from states.configure import hostname

@@ -22,8 +22,8 @@ from scenarios import wait_for
 
 from statemachine import arguments, cli, optout, persistence, status
 from statemachine.lock import RunLock
+from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
 
 DOC = REPO / "docs" / "operations-status.md"
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from statemachine.config import Config, ConfigureConfig, FabricConfig, PathsConfig
 from statemachine.context import Context
 from statemachine.errors import ConfigError, HostnameError, NoRouteError, NotListeningError, RecoverableError
+from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
 from statemachine.resume import fresh_record, plan_start, with_transition
 from states import configuring, network_wait
 from states.configure import Facts
