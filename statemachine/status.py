@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from statemachine import optout
 from statemachine.errors import ConfigError, StateFileError
 from statemachine.machine import TERMINAL, Phase
 from statemachine.persistence import LOCK_FILE, SCHEMA, Record, load, to_json
+from statemachine.resume import CMDLINE, disabled_reason
 from statemachine.text import parse_utc
 
 EXIT_OK = 0
@@ -203,11 +203,11 @@ def _permission_problem(e: StateFileError) -> bool:
 
 
 def snapshot(state_file: Path, root: Path, config_error: ConfigError | None = None,
-             cmdline: Path = optout.CMDLINE,
+             cmdline: Path = CMDLINE,
              booted: Callable[[], float | None] = boot_time) -> tuple[dict[str, Any], int]:
     """The document and exit code, from the record, the lock table and the opt-out switches."""
     state_dir = state_file.parent
-    disabled = optout.disabled_reason(root, cmdline)
+    disabled = disabled_reason(root, cmdline)
     pid = lock_holder(state_dir)
     try:
         record = load(state_file)
@@ -245,7 +245,7 @@ def settled(data: dict[str, Any], booted: float | None = None) -> bool:
 def wait(state_file: Path, root: Path, timeout: float | None, config_error: ConfigError | None = None,
          progress: TextIO | None = None, sleep: Callable[[float], None] = time.sleep,
          clock: Callable[[], float] = time.monotonic, interval: float = 0.2,
-         cmdline: Path = optout.CMDLINE,
+         cmdline: Path = CMDLINE,
          booted: Callable[[], float | None] = boot_time) -> tuple[dict[str, Any], int]:
     """Poll until `settled`; say on `progress` each time the state changes, and every 30 s that we still
     wait. Exit 124 once `timeout` seconds have passed."""

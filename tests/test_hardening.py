@@ -17,10 +17,9 @@ from lxml import etree
 
 from statemachine import cli, fs, persistence
 from statemachine.errors import StateFileError
-from statemachine.identity import normalize
 from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.resume import plan_start
+from statemachine.resume import normalize, plan_start
 from statemachine.text import MARK, clean, decode_json, parse_bool
 from states.configure import hostname
 from states.configure.user import Account, reuse_problem, uid_range, validate_name

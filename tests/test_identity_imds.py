@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine.errors import MetadataError
-from statemachine.identity import PLACEHOLDERS, normalize, read_vm_id
+from statemachine.resume import PLACEHOLDERS, normalize, read_vm_id
 from states.imds import parse_instance
 
 
