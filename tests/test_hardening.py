@@ -207,7 +207,7 @@ def test_shadow_tools_never_run_over_a_planted_link(tmp_path: Path, plant: str) 
     from statemachine.config import Config, PathsConfig, UserConfig
     from statemachine.context import Context
     from states.configure import Facts, user
-    from states.imds import Instance
+    from states.configuring import Instance
 
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

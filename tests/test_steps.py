@@ -19,7 +19,7 @@ from statemachine.persistence import Record
 from statemachine.resume import fresh_record, plan_start, with_transition
 from states import configuring, network_wait
 from states.configure import Facts
-from states.imds import Instance
+from states.configuring import Instance
 
 NOW = "2026-01-01T00:00:00.000Z"
 
