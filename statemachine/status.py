@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from statemachine.errors import ConfigError, StateFileError
+from statemachine.kvp import boot_time
 from statemachine.machine import TERMINAL, Phase
 from statemachine.persistence import LOCK_FILE, SCHEMA, Record, load, to_json
 from statemachine.resume import CMDLINE, disabled_reason
@@ -93,17 +94,6 @@ def _pid_from_lock_file(state_dir: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid != os.getpid() and (b"azprov" in cmdline or b"statemachine" in cmdline) else None
-
-
-def boot_time(stat: Path = Path("/proc/stat")) -> float | None:
-    """When this boot began (UTC seconds), or None when unknown."""
-    try:
-        for line in stat.read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _seconds(stamp: Any) -> float | None:
