@@ -38,6 +38,7 @@ from statemachine import fs
 from statemachine.errors import AgentError, KvpError
 from statemachine.health import REPORT_KEY, event_key, event_value, report_fields
 from statemachine.log import fields
+from statemachine.resume import boot_time
 from statemachine.text import utc_now
 
 log = logging.getLogger(__name__)
@@ -151,15 +152,6 @@ def decode_pool(data: bytes) -> list[KvpRecord]:
 
 
 # ---- the pool file -----------------------------------------------------------------------------------------
-
-def boot_time(proc_stat: Path = Path("/proc/stat")) -> float | None:
-    """Wall-clock time of this boot (`btime` in /proc/stat), or None when it cannot be read."""
-    try:
-        lines = proc_stat.read_text().splitlines()
-        return next((float(line.split()[1]) for line in lines if line.startswith("btime ")), None)
-    except (OSError, ValueError, IndexError):
-        return None
-
 
 class KvpPool:
     """Appends records to one pool file. Never raises and never waits twice: KVP must not be why

@@ -1,5 +1,5 @@
-"""Does this boot provision, and as which VM: the opt-out switches, the VM id, and where a run starts from
-the record it finds. No `transitions` import (a provisioned VM's later boots stay cheap).
+"""Does this boot provision, and as which VM: the opt-out switches, when this boot began, the VM id, and
+where a run starts from the record it finds. No `transitions` import (a provisioned VM's later boots stay cheap).
 
 Opt-out: the unit file enforces the marker `/etc/azprov/disabled` (looked up under `paths.root`, where an
 image build points it) and `azprov=disabled` on the kernel command line with systemd conditions, so a
@@ -35,7 +35,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 PLACEHOLDERS = frozenset({"00000000-0000-0000-0000-000000000000", "ffffffff-ffff-ffff-ffff-ffffffffffff"})
 
 
-# ---- is azprov switched off here -------------------------------------------------------------------------
+# ---- this boot: is azprov switched off, when did it begin --------------------------------------------------
 
 def kernel_disabled(cmdline: str) -> bool:
     """`azprov=disabled` as a word of the kernel command line (as systemd's condition matches it)."""
@@ -55,6 +55,15 @@ def disabled_reason(root: Path, cmdline: Path = CMDLINE) -> str | None:
     except OSError:
         return None
     return f"{KERNEL_ARGUMENT} on the kernel command line" if kernel_disabled(text) else None
+
+
+def boot_time(proc_stat: Path = Path("/proc/stat")) -> float | None:
+    """Wall-clock time of this boot (`btime` in /proc/stat), or None when it cannot be read."""
+    try:
+        lines = proc_stat.read_text().splitlines()
+        return next((float(line.split()[1]) for line in lines if line.startswith("btime ")), None)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # ---- which VM is this --------------------------------------------------------------------------------------

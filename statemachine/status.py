@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from statemachine.errors import ConfigError, StateFileError
-from statemachine.kvp import boot_time, decode_pool, format_pool
 from statemachine.lock import lock_holder
 from statemachine.machine import TERMINAL, Phase
 from statemachine.persistence import SCHEMA, Record, load, to_json
-from statemachine.resume import CMDLINE, disabled_reason
+from statemachine.resume import CMDLINE, boot_time, disabled_reason
 from statemachine.status_text import headline, render_document
 from statemachine.text import parse_utc
 
@@ -248,7 +247,11 @@ def command(state_file: Path, root: Path, *, as_json_output: bool = False, long:
         print(json.dumps(data, sort_keys=True, indent=2), file=out)
     else:
         text = render_document(data, long)
-        print(text + "\nkvp pool:\n" + format_pool(pool) if pool is not None else text, file=out)
+        if pool is not None:
+            from statemachine.kvp import format_pool
+
+            text += "\nkvp pool:\n" + format_pool(pool)
+        print(text, file=out)
         if code == EXIT_NOPERM:
             print("azprov: permission denied reading the record: run as root (sudo azprov status)", file=progress)
     return code
@@ -256,6 +259,8 @@ def command(state_file: Path, root: Path, *, as_json_output: bool = False, long:
 
 def kvp_json(pool: Path) -> dict[str, Any]:
     """The pool decoded (split values rejoined), or why it could not be read."""
+    from statemachine.kvp import decode_pool
+
     try:
         records = decode_pool(pool.read_bytes())
     except OSError as e:
