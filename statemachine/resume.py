@@ -1,5 +1,6 @@
 """Does this boot provision, and as which VM: the opt-out switches, when this boot began, the VM id, and
-where a run starts from the record it finds. No `transitions` import (a provisioned VM's later boots stay cheap).
+where a run starts from the record it finds. No `transitions` import: a provisioned VM's later boots stay
+cheap.
 
 Opt-out: the unit file enforces the marker `/etc/azprov/disabled` (looked up under `paths.root`, where an
 image build points it) and `azprov=disabled` on the kernel command line with systemd conditions, so a
