@@ -168,7 +168,7 @@ def report_config_error(explicit: Path | None, error: ConfigError) -> int:
 def run(cfg: config.Config, failing: AgentError | None = None) -> int:
     from statemachine import runner
     from statemachine.context import Context
-    from statemachine.phase import Phase
+    from statemachine.machine import Phase
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

@@ -20,7 +20,7 @@ from statemachine.errors import MediaError
 
 if TYPE_CHECKING:  # the states' own types, for the annotations only: statemachine never imports states
     from statemachine.fabric import Http
-    from statemachine.telemetry import Telemetry
+    from statemachine.kvp import Telemetry
     from states.configure import Facts
     from states.goalstate import GoalState
 
@@ -95,8 +95,7 @@ class Context:
     def events(self) -> Telemetry:
         """KVP telemetry; a no-op when `kvp.enabled` is false. The pool file lives under `paths.root`."""
         if self._telemetry is None:
-            from statemachine.kvp import KvpPool
-            from statemachine.telemetry import Telemetry
+            from statemachine.kvp import KvpPool, Telemetry
 
             kvp = self.config.kvp
             self._telemetry = Telemetry(KvpPool(self.root_path(kvp.pool_path), root=self.root) if kvp.enabled else None)

@@ -123,7 +123,7 @@ def directory(base: Path, rel: str = "", *, create: bool = False, mode: int = 0o
     try:
         for i, part in enumerate(parts):
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = _open(base, parts[:i + 1], fd, os.O_RDONLY | os.O_DIRECTORY)
             except FileNotFoundError:
                 if not create:
                     os.close(fd)
@@ -134,27 +134,14 @@ def directory(base: Path, rel: str = "", *, create: bool = False, mode: int = 0o
                     os.mkdir(part, 0o700, dir_fd=fd)  # closed until fixed below: nobody else looks in
                 except FileExistsError:
                     pass  # made meanwhile: opened and checked below like any other
-                child = _open_dir_or_refuse(base, parts[:i + 1], fd)
+                child = _open(base, parts[:i + 1], fd, os.O_RDONLY | os.O_DIRECTORY)
                 _fix(child, mode, owner)
-            except OSError as e:
-                if e.errno in _LINK_ERRORS:
-                    raise _refused(base, parts[:i + 1], fd) from e
-                raise
             os.close(fd)
             fd = child
         yield fd
     finally:
         if fd >= 0:
             os.close(fd)
-
-
-def _open_dir_or_refuse(base: Path, parts: Sequence[str], dirfd: int) -> int:
-    try:
-        return os.open(parts[-1], _DIR_FLAGS, dir_fd=dirfd)
-    except OSError as e:
-        if e.errno in _LINK_ERRORS:
-            raise _refused(base, parts, dirfd) from e
-        raise
 
 
 def make_dir(base: Path, rel: str, mode: int, owner: Owner | None = None) -> None:
@@ -177,7 +164,9 @@ def _parent(base: Path, rel: str, **walk: Any) -> Iterator[tuple[int | None, lis
         yield dirfd, parts
 
 
-def _open(base: Path, parts: list[str], dirfd: int, flags: int, mode: int = 0o600) -> int:
+def _open(base: Path, parts: Sequence[str], dirfd: int, flags: int, mode: int = 0o600) -> int:
+    """Open the last of `parts` in `dirfd`, never through a link and never blocking (a FIFO); a link or
+    other thing where a plain file or directory belongs is refused."""
     try:
         return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=dirfd)
     except OSError as e:
@@ -295,17 +284,13 @@ def names(base: Path, rel: str = "") -> list[str]:
         return [] if fd is None else sorted(os.listdir(fd))
 
 
-def lstat(base: Path, rel: str) -> os.stat_result | None:
-    """What is at the name `rel` itself (a link is not followed, nor any on the way); None for nothing."""
+def exists(base: Path, rel: str) -> bool:
+    """Whether anything is at the name `rel` itself (a link is not followed, nor any on the way)."""
     with _parent(base, rel) as (dirfd, parts):
         try:
-            return None if dirfd is None else os.stat(parts[-1], dir_fd=dirfd, follow_symlinks=False)
+            return dirfd is not None and os.stat(parts[-1], dir_fd=dirfd, follow_symlinks=False) is not None
         except FileNotFoundError:
-            return None
-
-
-def exists(base: Path, rel: str) -> bool:
-    return lstat(base, rel) is not None
+            return False
 
 
 def check_plain(base: Path, rel: str) -> os.stat_result | None:

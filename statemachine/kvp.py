@@ -1,21 +1,25 @@
-"""Hyper-V KVP telemetry: the record format of the guest pool file and a writer that appends to it.
+"""Hyper-V KVP: the record format of the guest pool file, a writer that appends to it, and what azprov
+tells the host through it (`Telemetry`).
 
 What the host sees of a VM that cannot be logged into comes through KVP: `hv_kvp_daemon` serves the records
-of `/var/lib/hyperv/.kvp_pool_1` to the host on request. This module owns
+of `/var/lib/hyperv/.kvp_pool_1` to the host on request.
 
-- the record format (pure): 2560-byte records, a 512-byte key field and a 2048-byte value field, UTF-8,
+- The record format (pure): 2560-byte records, a 512-byte key field and a 2048-byte value field, UTF-8,
   NUL-padded. The kernel converts to UTF-16 on the way out and stops at 255/1023 code units including the
   terminator (azure-init `doc/kvp.md`), so a key is at most 254 bytes and a value at most 1022 bytes.
-  A longer value is split on UTF-8 character boundaries (each part stays valid UTF-8: the kernel rejects
-  a record whose UTF-8 is broken) into parts 1..n, each written under the key `<key>|<i>/<n>`, in order,
-  in one locked append. Unique keys per part keep every part visible to the host, which sees the pool as a
-  dictionary (cloud-init suffixes `|<i>` for the same reason). `decode_pool` rejoins a complete run of
-  parts into one `KvpRecord`; an incomplete run is shown part by part.
-- `KvpPool`: appends under `flock(LOCK_EX)` (the lock cloud-init and azure-init take), truncates the pool
+  A longer value is split on UTF-8 character boundaries (the kernel rejects broken UTF-8) into parts 1..n
+  under the keys `<key>|<i>/<n>`, in order, in one locked append: unique keys keep every part visible to
+  the host, which sees the pool as a dictionary (cloud-init suffixes `|<i>` for the same reason).
+  `decode_pool` rejoins a complete run of parts; an incomplete run is shown part by part.
+- `KvpPool` appends under `flock(LOCK_EX)` (the lock cloud-init and azure-init take), truncates the pool
   once per boot when its mtime predates the boot (records of an earlier boot would mislead), and skips
   quietly when the pool's directory is absent (no Hyper-V KVP daemon: not Azure, or a container).
+- `Telemetry`: an event per state entered and left, and the provisioning report; the texts are
+  `statemachine.health`'s. `<run>` in an event key is random per process and `<seq>` counts the run's
+  events, so keys never collide within a boot and sort in the order they were written.
 
-KVP is best-effort telemetry: the writer never raises and never blocks provisioning for long.
+KVP is best-effort: nothing here raises, or blocks provisioning for long; a disabled or absent pool makes
+every call a no-op.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from typing import Callable, NamedTuple
 
 from statemachine import fs
 from statemachine.errors import AgentError, KvpError
+from statemachine.health import REPORT_KEY, event_key, event_value, report_fields
 from statemachine.log import fields
+from statemachine.resume import boot_time
+from statemachine.text import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +95,8 @@ def pack(key: bytes, value: bytes) -> bytes:
 
 def encode(key: str, value: str) -> list[bytes]:
     """The pool records for one key/value: one record, or parts `<key>|<i>/<n>` when the value is long.
-
     Raises KvpError for a key that is empty, has NUL, is too long (with room for the part suffix when
-    split) or looks like a part key itself (decode could not tell them apart), and for a value with NUL.
-    """
+    split) or looks like a part key itself (decode could not tell them apart), and for a value with NUL."""
     raw_key = _check_key(key)
     if _PART.match(key):
         raise KvpError("KVP key must not end like a part suffix '|i/n'", key=key[:64])
@@ -101,9 +106,9 @@ def encode(key: str, value: str) -> list[bytes]:
         chunks = split_utf8(value)
     except UnicodeEncodeError as e:  # lone surrogates
         raise KvpError("KVP value is not encodable as UTF-8", key=key[:64]) from e
-    if len(chunks) == 1:
-        return [pack(raw_key, chunks[0])]
     n = len(chunks)
+    if n == 1:
+        return [pack(raw_key, chunks[0])]
     return [pack(_check_key(f"{key}|{i}/{n}"), chunk) for i, chunk in enumerate(chunks, start=1)]
 
 
@@ -114,12 +119,8 @@ def _field(raw: bytes) -> str:
 
 def decode_raw(data: bytes) -> list[tuple[str, str]]:
     """Every whole record in pool bytes as (key, value); a trailing partial record is ignored."""
-    count = len(data) // RECORD_SIZE
-    out = []
-    for i in range(count):
-        record = data[i * RECORD_SIZE:(i + 1) * RECORD_SIZE]
-        out.append((_field(record[:KEY_SIZE]), _field(record[KEY_SIZE:])))
-    return out
+    records = (data[at:at + RECORD_SIZE] for at in range(0, len(data) - RECORD_SIZE + 1, RECORD_SIZE))
+    return [(_field(record[:KEY_SIZE]), _field(record[KEY_SIZE:])) for record in records]
 
 
 def _run_of_parts(raw: Sequence[tuple[str, str]], start: int) -> KvpRecord | None:
@@ -128,15 +129,10 @@ def _run_of_parts(raw: Sequence[tuple[str, str]], start: int) -> KvpRecord | Non
     if first is None or first.group("i") != "1":
         return None
     base, n = first.group("base"), int(first.group("n"))
-    if start + n > len(raw):
+    run = raw[start:start + n]
+    if [key for key, _ in run] != [f"{base}|{i}/{n}" for i in range(1, n + 1)]:
         return None
-    values = []
-    for i in range(1, n + 1):
-        key, value = raw[start + i - 1]
-        if key != f"{base}|{i}/{n}":
-            return None
-        values.append(value)
-    return KvpRecord(base, "".join(values), parts=n)
+    return KvpRecord(base, "".join(value for _, value in run), parts=n)
 
 
 def decode_pool(data: bytes) -> list[KvpRecord]:
@@ -156,17 +152,6 @@ def decode_pool(data: bytes) -> list[KvpRecord]:
 
 
 # ---- the pool file -----------------------------------------------------------------------------------------
-
-def boot_time(proc_stat: Path = Path("/proc/stat")) -> float | None:
-    """Wall-clock time of this boot (`btime` in /proc/stat), or None when it cannot be read."""
-    try:
-        for line in proc_stat.read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
 
 class KvpPool:
     """Appends records to one pool file. Never raises and never waits twice: KVP must not be why
@@ -277,3 +262,41 @@ def format_pool(path: Path) -> str:
         lines.append(f"{n:>4}  {rec.key}{parts}")
         lines.append(f"      {rec.value}")
     return "\n".join(lines)
+
+
+class Telemetry:
+    """The runner's and the reporting step's one handle on KVP."""
+
+    def __init__(self, pool: KvpPool | None, run_id: str | None = None,
+                 clock: Callable[[], str] = utc_now) -> None:
+        self.pool = pool
+        self.run_id = run_id or os.urandom(4).hex()
+        self.clock = clock
+        self.vm_id: str | None = None
+        self.seq = 0
+        self._reported: set[str] = set()
+
+    def _event(self, kind: str, name: str, result: str, duration_s: float | None, msg: str) -> None:
+        if self.pool is None:
+            return
+        self.seq += 1
+        key = event_key(self.vm_id, kind, name, self.run_id, self.seq)
+        self.pool.write([(key, event_value(name, kind, result, duration_s, msg, self.clock()))])
+
+    def entered(self, state: str, msg: str = "") -> None:
+        self._event("enter", state, "-", None, msg)
+
+    def left(self, state: str, result: str, duration_s: float, msg: str = "") -> None:
+        self._event("leave", state, result, duration_s, msg)
+
+    def report(self, text: str) -> bool:
+        """Write PROVISIONING_REPORT, once per result per run (the failure path retries its POST; the
+        record need not repeat). True when it is in the pool."""
+        result = report_fields(text).get("result", "")
+        if self.pool is None or result in self._reported:
+            return False
+        if self.pool.write([(REPORT_KEY, text)]):
+            self._reported.add(result)
+            log.debug("provisioning report written to KVP", extra=fields(result=result))
+            return True
+        return False

@@ -1,4 +1,4 @@
-"""One run at a time: an flock on `<state_dir>/lock`.
+"""One run at a time: an flock on `<state_dir>/lock`, and who holds it (`lock_holder`, for `--status`).
 
 `azprov --status` never takes it (it only reads the record, which is replaced atomically). A second run
 waits for the first to finish, then sees its record: DONE means nothing left to do. The lock dies with the
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from statemachine.errors import LockError
+from statemachine.persistence import LOCK_FILE
 
 _UNWRITABLE = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM})
 
@@ -81,3 +82,40 @@ class RunLock:
             raise LockError("lock file cannot be opened", lock=str(self.path), error=e.strerror) from e
         self._on_file = False
         return fd
+
+
+def lock_holder(state_dir: Path, locks: Path = Path("/proc/locks")) -> int | None:
+    """The pid holding the run's flock (on the lock file, or on the directory where the file cannot be
+    written), from the kernel's lock table; None when nobody holds it. Without /proc/locks, the pid the run
+    wrote into the lock file, if that process still looks like azprov."""
+    inodes = set()
+    for path in (state_dir / LOCK_FILE, state_dir):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        inodes.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+    if not inodes:
+        return None
+    try:
+        table = locks.read_text()
+    except OSError:
+        return _pid_from_lock_file(state_dir)
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter's line has "->" after the number.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] in inodes:
+            try:
+                return int(fields[4])
+            except ValueError:
+                return 0
+    return None
+
+
+def _pid_from_lock_file(state_dir: Path) -> int | None:
+    try:
+        pid = int((state_dir / LOCK_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if pid != os.getpid() and (b"azprov" in cmdline or b"statemachine" in cmdline) else None

@@ -9,18 +9,33 @@ No work happens in callbacks: when a callback raises after the state changed, `t
 state and rolls nothing back, so a resumed boot could not tell whether the work happened. The runner does
 the work first, then fires the trigger, and persists from the one `after_state_change` hook. A run ends at
 DONE or FAILED; only DONE, and FAILED with every boot attempt used, are terminal for good.
-`transitions` is imported only when a machine is built: a provisioned VM's later boots never need it.
+`transitions` is imported only when a machine is built: reading a record needs the phase names alone, and a
+provisioned VM's later boots never need it.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Callable, NamedTuple
 
 from statemachine import retry
-from statemachine.phase import ACTIVE, Phase
 
-__all__ = ["ACTIVE", "PHASES", "TRANSITIONS", "Agent", "Phase", "PhaseSpec", "build_machine", "fire",
-           "is_terminal", "ends_run"]
+
+class Phase(enum.Enum):
+    """The phases of provisioning: the names a record holds."""
+
+    NETWORK_WAIT = "network_wait"
+    GOALSTATE = "goalstate"
+    REPORTING = "reporting"
+    CONFIGURING = "configuring"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# The phases a run ends in. DONE never changes again; FAILED does while boot attempts are left (`is_terminal`).
+TERMINAL = frozenset({Phase.DONE, Phase.FAILED})
+ACTIVE = [p for p in Phase if p not in TERMINAL]
+
 
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "network_up", "source": Phase.NETWORK_WAIT, "dest": Phase.GOALSTATE},

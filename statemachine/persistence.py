@@ -6,12 +6,17 @@ It never decides what a record means for the run: that is the runner's job.
 A record that cannot be trusted (not JSON, unknown schema, wrong types, a symlink, someone else's file)
 raises `StateFileError`; `quarantine()` moves it aside as `*.corrupt-<time>` so provisioning can start fresh
 and the evidence survives for support.
+
+During a run (`Store`, `prepare_state_dir`, `load_or_set_aside`) every disk problem degrades instead of
+losing the Ready: when the disk refuses (read-only, full, not ours), the run carries on in memory and says
+so once. Reporting Ready matters more than remembering it.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import stat
 import time
@@ -23,13 +28,16 @@ from typing import Any, NamedTuple
 from statemachine import fs
 from statemachine.errors import StateFileError
 from statemachine.failpoints import failpoint
-from statemachine.phase import Phase
+from statemachine.log import fields
+from statemachine.machine import Phase
 from statemachine.text import clean_json, decode_json
 
 SCHEMA = 1
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
 MAX_RECORD_BYTES = 1 << 20  # a record is a few KiB; anything near this is not ours
+
+log = logging.getLogger("azprov")
 
 
 class Record(NamedTuple):
@@ -54,24 +62,12 @@ class Record(NamedTuple):
 
 
 # JSON type each field must have (after None where the default is None).
+_STR, _INT = (str,), (int,)
 _TYPES: dict[str, tuple[type, ...]] = {
-    "state": (str,),
-    "vm_id": (str,),
-    "vm_id_source": (str,),
-    "incarnation": (str,),
-    "container_id": (str,),
-    "instance_id": (str,),
-    "boot_attempts": (int,),
-    "runs": (int,),
-    "attempts": (int,),
-    "reported_ready_at": (str,),
-    "failure_reported_at": (str,),
-    "created_at": (str,),
-    "updated_at": (str,),
-    "history": (list,),
-    "last_error": (dict,),
-    "recoverable_errors": (list,),
-    "steps": (dict,),
+    "state": _STR, "vm_id": _STR, "vm_id_source": _STR, "incarnation": _STR, "container_id": _STR,
+    "instance_id": _STR, "boot_attempts": _INT, "runs": _INT, "attempts": _INT, "reported_ready_at": _STR,
+    "failure_reported_at": _STR, "created_at": _STR, "updated_at": _STR, "history": (list,),
+    "last_error": (dict,), "recoverable_errors": (list,), "steps": (dict,),
 }
 
 
@@ -256,3 +252,58 @@ def remove_stale_temps(path: Path) -> list[str]:
 
 def quarantine(path: Path) -> Path | None:
     return set_aside(path, "corrupt-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+
+
+# ---- during a run: degrade, never lose the Ready ------------------------------------------------------------
+
+class Store:
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled  # False: the state directory is unusable, keep everything in memory
+        self.failed: StateFileError | None = None
+
+    def save(self, record: Record) -> None:
+        if not self.enabled:
+            return
+        try:
+            save(self.path, record)
+        except StateFileError as e:
+            if self.failed is None:
+                log.error("state record cannot be saved; continuing without persistence",
+                          extra=fields(reason=str(e)))
+            self.failed = e
+        except Exception as e:  # a bug in saving must not cost the Ready either: loud, once, then in memory
+            if self.failed is None:
+                log.exception("saving the state record failed unexpectedly; continuing without persistence")
+            self.failed = StateFileError("state record cannot be saved", path=str(self.path),
+                                         error=type(e).__name__)
+
+
+def prepare_state_dir(state_dir: Path) -> bool:
+    """A state directory we cannot create or trust must not cost the Ready: provision without a record
+    (the next boot starts over, and every step is idempotent) and say so loudly."""
+    try:
+        ensure_state_dir(state_dir)
+    except StateFileError as e:
+        log.error("state directory is unusable; provisioning without a record (the next boot starts over)",
+                  extra=fields(reason=str(e)))
+        return False
+    return True
+
+
+def load_or_set_aside(state_file: Path) -> Record | None:
+    """The record, or None; a broken one is moved aside (the evidence survives) and provisioning starts fresh."""
+    stale = remove_stale_temps(state_file)
+    if stale:
+        log.info("removed temp files of an interrupted save", extra=fields(files=stale))
+    try:
+        return load(state_file)
+    except StateFileError as e:
+        try:
+            moved = quarantine(state_file)
+        except StateFileError as not_moved:  # read-only: the save that follows will fail and say so too
+            moved = None
+            log.error("broken state record cannot be moved aside", extra=fields(reason=str(not_moved)))
+        log.error("state record is broken; moved aside, provisioning starts fresh",
+                  extra=fields(reason=str(e), moved_to=str(moved)))
+        return None

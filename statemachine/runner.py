@@ -22,11 +22,9 @@ from statemachine.errors import AgentError, BudgetExhausted, FabricError, StateF
 from statemachine.failpoints import failpoint
 from statemachine.log import fields
 from statemachine.machine import FAILURE_REPORT_BUDGET, PHASES, Agent, Phase, build_machine, ends_run, fire
-from statemachine.persistence import Record
-from statemachine.resume import plan_start, with_transition
-from statemachine.store import Store, load, prepare_state_dir
-from statemachine.text import clean
-from statemachine.timeutil import utc_now
+from statemachine.persistence import Record, Store, load_or_set_aside, prepare_state_dir
+from statemachine.resume import plan_start, read_vm_id, with_transition
+from statemachine.text import clean, utc_now
 
 log = logging.getLogger("azprov")
 
@@ -247,11 +245,9 @@ def run(ctx: Context, steps: Mapping[Phase, Step] | None = None,
 
 def _run_locked(ctx: Context, state_file: Path, durable: bool, steps: Mapping[Phase, Step] | None,
                 report_failure: FailureReporter | None) -> Phase:
-    from statemachine.identity import read_vm_id
-
     cfg = ctx.config
     vm_id = read_vm_id(Path(cfg.identity.product_uuid_path), Path(cfg.identity.efi_path))
-    action, record = plan_start(load(state_file) if durable else None, vm_id, cfg.agent.max_boot_attempts,
+    action, record = plan_start(load_or_set_aside(state_file) if durable else None, vm_id, cfg.agent.max_boot_attempts,
                                 utc_now())
     if action == "done":
         log.info("already provisioned on this VM; nothing to do", extra=fields(vm_id=record.vm_id))

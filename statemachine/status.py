@@ -1,5 +1,5 @@
-"""`azprov --status` / `azprov status`: read the record (never take the lock), render it for people or
-machines, pick the exit code.
+"""`azprov --status` / `azprov status`: read the record (never take the lock), build the document that
+`--status --json` prints (`status_text` renders it for people), pick the exit code.
 
 Conventions follow `cloud-init status`: 0 no error (done, running, not started, disabled), 1 failed,
 2 done with recoverable errors; `--wait` returns once provisioning has ended. Beyond cloud-init:
@@ -20,11 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from statemachine import optout
 from statemachine.errors import ConfigError, StateFileError
-from statemachine.persistence import LOCK_FILE, SCHEMA, Record, load, to_json
-from statemachine.phase import TERMINAL, Phase
-from statemachine.timeutil import parse_utc
+from statemachine.lock import lock_holder
+from statemachine.machine import TERMINAL, Phase
+from statemachine.persistence import SCHEMA, Record, load, to_json
+from statemachine.resume import CMDLINE, boot_time, disabled_reason
+from statemachine.status_text import headline, render_document
+from statemachine.text import parse_utc
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -54,56 +56,6 @@ def exit_code(record: Record | None) -> int:
     if record.state is Phase.DONE and record.recoverable_errors:
         return EXIT_RECOVERABLE
     return EXIT_OK
-
-
-# ---- what the machine says: lock holder, boot time ---------------------------------------------------------
-
-def lock_holder(state_dir: Path, locks: Path = Path("/proc/locks")) -> int | None:
-    """The pid holding the run's flock (on the lock file, or on the directory where the file cannot be
-    written), from the kernel's lock table; None when nobody holds it. Without /proc/locks, the pid the run
-    wrote into the lock file, if that process still looks like azprov."""
-    inodes = set()
-    for path in (state_dir / LOCK_FILE, state_dir):
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        inodes.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
-    if not inodes:
-        return None
-    try:
-        table = locks.read_text()
-    except OSError:
-        return _pid_from_lock_file(state_dir)
-    for line in table.splitlines():
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; a waiter's line has "->" after the number.
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] in inodes:
-            try:
-                return int(fields[4])
-            except ValueError:
-                return 0
-    return None
-
-
-def _pid_from_lock_file(state_dir: Path) -> int | None:
-    try:
-        pid = int((state_dir / LOCK_FILE).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if pid != os.getpid() and (b"azprov" in cmdline or b"statemachine" in cmdline) else None
-
-
-def boot_time(stat: Path = Path("/proc/stat")) -> float | None:
-    """When this boot began (UTC seconds), or None when unknown."""
-    try:
-        for line in stat.read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _seconds(stamp: Any) -> float | None:
@@ -203,11 +155,11 @@ def _permission_problem(e: StateFileError) -> bool:
 
 
 def snapshot(state_file: Path, root: Path, config_error: ConfigError | None = None,
-             cmdline: Path = optout.CMDLINE,
+             cmdline: Path = CMDLINE,
              booted: Callable[[], float | None] = boot_time) -> tuple[dict[str, Any], int]:
     """The document and exit code, from the record, the lock table and the opt-out switches."""
     state_dir = state_file.parent
-    disabled = optout.disabled_reason(root, cmdline)
+    disabled = disabled_reason(root, cmdline)
     pid = lock_holder(state_dir)
     try:
         record = load(state_file)
@@ -245,7 +197,7 @@ def settled(data: dict[str, Any], booted: float | None = None) -> bool:
 def wait(state_file: Path, root: Path, timeout: float | None, config_error: ConfigError | None = None,
          progress: TextIO | None = None, sleep: Callable[[float], None] = time.sleep,
          clock: Callable[[], float] = time.monotonic, interval: float = 0.2,
-         cmdline: Path = optout.CMDLINE,
+         cmdline: Path = CMDLINE,
          booted: Callable[[], float | None] = boot_time) -> tuple[dict[str, Any], int]:
     """Poll until `settled`; say on `progress` each time the state changes, and every 30 s that we still
     wait. Exit 124 once `timeout` seconds have passed."""
@@ -258,7 +210,7 @@ def wait(state_file: Path, root: Path, timeout: float | None, config_error: Conf
         if settled(data, boot):
             return data, code
         now = clock()
-        line = f"azprov: waiting: {_headline(data)}"
+        line = f"azprov: waiting: {headline(data)}"
         if line != said or now - said_at >= 30:
             print(line + (f" ({now - started:.0f}s)" if line == said else ""), file=progress, flush=True)
             said, said_at = line, now
@@ -268,20 +220,7 @@ def wait(state_file: Path, root: Path, timeout: float | None, config_error: Conf
         sleep(interval if timeout is None else max(0.0, min(interval, timeout - (now - started))))
 
 
-# ---- text ----------------------------------------------------------------------------------------------
-
-def _headline(data: dict[str, Any]) -> str:
-    state = _s(data.get("state"))
-    if data.get("running"):
-        return f"{state} (running, pid {data.get('pid')})"
-    if data.get("interrupted") and state != "disabled":
-        return f"{state} (interrupted)"
-    return state
-
-
-def _line(label: str, value: Any) -> str:
-    return f"{label + ':':<18}{value if value not in (None, '') else '-'}"
-
+# ---- the views ---------------------------------------------------------------------------------------------
 
 def as_json(record: Record | None, state_dir: Path) -> dict[str, Any]:
     """The document for a record already loaded (no opt-out view)."""
@@ -290,100 +229,6 @@ def as_json(record: Record | None, state_dir: Path) -> dict[str, Any]:
 
 def render(record: Record | None, state_dir: Path, long: bool = False) -> str:
     return render_document(as_json(record, state_dir), long)
-
-
-def render_document(data: dict[str, Any], long: bool = False) -> str:
-    lines = [_line("state", _headline(data)), _line("detail", data.get("detail"))]
-    if data.get("disabled_reason") and data.get("state") != "disabled":
-        lines.append(_line("disabled", data["disabled_reason"]))
-    if data.get("config_error"):
-        lines.append(_line("config error", str(ConfigError.from_dict(data["config_error"]))))
-    if data.get("state") in ("not_started", "disabled", "unknown") and data.get("vm_id") is None:
-        if data.get("state") == "unknown" and data.get("last_error"):
-            lines.append(_line("last error", _reason(data["last_error"])))
-        return "\n".join(lines)
-    source = {"smbios": "SMBIOS product_uuid", "imds": "IMDS compute.vmId (no SMBIOS on this machine)"}
-    vm_id, vm_source = data.get("vm_id"), data.get("vm_id_source")
-    vm = _s(vm_id) + (f" (from {source.get(_s(vm_source), _s(vm_source))})" if vm_source else "") if vm_id else None
-    lines += [
-        _line("vm id", vm),
-        _line("incarnation", data.get("incarnation")),
-        _line("container id", data.get("container_id")),
-        _line("instance id", data.get("instance_id")),
-        _line("ready reported", data.get("reported_ready_at")),
-        _line("failure reported", data.get("failure_reported_at")),
-        _line("boot attempts", data.get("boot_attempts")),
-        "history:",
-    ]
-    for entry in data.get("history") or []:
-        lines.append(f"  {_s(entry.get('at', '?')):<26}{_s(entry.get('state', '?')):<14}"
-                     f"{_took(entry.get('duration_s')):>10}  ({_s(entry.get('event', ''))})")
-    steps = data.get("steps") or {}
-    if steps:
-        lines.append("configure steps:")
-        # In the order they ran (the record's JSON keeps keys sorted).
-        for name, step in sorted(steps.items(), key=lambda item: str(item[1].get("at", ""))):
-            error = step.get("error")
-            detail = step.get("result") or (error.get("reason", "") if isinstance(error, dict) else "")
-            lines.append(f"  {name:<12}{_s(step.get('status', '?')):<20}{_s(step.get('at', '')):<26}"
-                         f"{_took(step.get('duration_s')):>10}  {_s(detail)}")
-    for err in data.get("recoverable_errors") or []:
-        lines.append(_line("recoverable error", f"{_s(err.get('step', '?'))}: {_reason(err)}"))
-    last_error = data.get("last_error")
-    if long:  # the error in full comes below, each detail on its own line
-        return "\n".join(lines + _long(data))
-    lines.append(_line("last error", _reason(last_error) if isinstance(last_error, dict) else None))
-    return "\n".join(lines)
-
-
-def _long(data: dict[str, Any]) -> list[str]:
-    """`--long`: time spent in each state, and every error with each of its details on its own line."""
-    lines = ["time per state:"]
-    totals: dict[str, float] = {}
-    for entry in data.get("history") or []:
-        took = entry.get("duration_s")
-        if isinstance(took, (int, float)) and not isinstance(took, bool):
-            state = _s(entry.get("state", "?"))
-            totals[state] = totals.get(state, 0.0) + took
-    for state, took in totals.items():
-        lines.append(f"  {state:<14}{took:>10.3f}s")
-    lines.append(f"  {'total':<14}{sum(totals.values()):>10.3f}s")
-    lines.append(_line("record created", data.get("created_at")))
-    lines.append(_line("record updated", data.get("updated_at")))
-    for label, err in [("config error", data.get("config_error")),
-                       *(("recoverable error", e) for e in data.get("recoverable_errors") or [])]:
-        if isinstance(err, dict):
-            lines += _error_lines(label, err)
-    last_error = data.get("last_error")
-    lines += _error_lines("last error", last_error) if isinstance(last_error, dict) else [_line("last error", None)]
-    return lines
-
-
-def _error_lines(label: str, err: dict[str, Any]) -> list[str]:
-    lines = [f"{label}:", f"  reason: {_s(err.get('reason', '?'))}"]
-    for key in ("step", "state", "at"):
-        if err.get(key) is not None:
-            lines.append(f"  {key}: {_s(err[key])}")
-    data = err.get("data")
-    if isinstance(data, dict):
-        lines += [f"  {key}: {_s(value)}" for key, value in sorted(data.items())]
-    return lines
-
-
-def _took(value: Any) -> str:
-    return f"{value:.3f}s" if isinstance(value, (int, float)) and not isinstance(value, bool) else "…"
-
-
-def _s(value: Any) -> str:
-    """Text for a value read from the record: never trust it to be a string (format specs would raise)."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _reason(err: dict[str, Any]) -> str:
-    data = err.get("data")
-    details = ", ".join(f"{k}={_s(v)}" for k, v in sorted(data.items())) if isinstance(data, dict) else ""
-    where = f" [in {_s(err['state'])} at {_s(err.get('at', '?'))}]" if err.get("state") else ""
-    return _s(err.get("reason", "?")) + (f" ({details})" if details else "") + where
 
 
 def command(state_file: Path, root: Path, *, as_json_output: bool = False, long: bool = False,
@@ -402,7 +247,11 @@ def command(state_file: Path, root: Path, *, as_json_output: bool = False, long:
         print(json.dumps(data, sort_keys=True, indent=2), file=out)
     else:
         text = render_document(data, long)
-        print(with_kvp(text, pool, False) if pool is not None else text, file=out)
+        if pool is not None:
+            from statemachine.kvp import format_pool
+
+            text += "\nkvp pool:\n" + format_pool(pool)
+        print(text, file=out)
         if code == EXIT_NOPERM:
             print("azprov: permission denied reading the record: run as root (sudo azprov status)", file=progress)
     return code
@@ -410,21 +259,11 @@ def command(state_file: Path, root: Path, *, as_json_output: bool = False, long:
 
 def kvp_json(pool: Path) -> dict[str, Any]:
     """The pool decoded (split values rejoined), or why it could not be read."""
-    from statemachine import kvp
+    from statemachine.kvp import decode_pool
 
     try:
-        records = kvp.decode_pool(pool.read_bytes())
+        records = decode_pool(pool.read_bytes())
     except OSError as e:
         return {"path": str(pool), "error": e.strerror or str(e)}
     return {"path": str(pool), "records": [r._asdict() for r in records]}
 
-
-def with_kvp(text: str, pool: Path, as_json_output: bool) -> str:
-    """`--status --kvp`: the record's view followed by the Hyper-V KVP pool, decoded."""
-    from statemachine import kvp
-
-    if not as_json_output:
-        return text + "\nkvp pool:\n" + kvp.format_pool(pool)
-    data = json.loads(text)
-    data["kvp"] = kvp_json(pool)
-    return json.dumps(data, sort_keys=True, indent=2)

@@ -1,4 +1,5 @@
-"""Text that fits wherever azprov writes it: the record, a log line, an XML or JSON body, a KVP record.
+"""Text that fits wherever azprov writes it: the record, a log line, an XML or JSON body, a KVP record;
+and the UTC timestamps the record holds and `--status` shows.
 
 Any value that came from outside (IMDS, the provisioning media, a library's error message) may hold what
 JSON allows but those places do not: lone surrogates (UTF-8 cannot carry them, so the record could not be
@@ -12,6 +13,7 @@ refused"), so the middle (a library's repr, a URL) is what goes. Pure; no I/O.
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from typing import Any
@@ -24,6 +26,18 @@ _UNREPRESENTABLE = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff{_NONCHA
 _SURROGATES = re.compile("[\ud800-\udfff]")
 _WORD_SLACK = 24  # how far a cut may move to reach a space before it cuts a word instead
 MAX_INT_BITS = 3322  # about 1000 decimal digits: no value of ours is longer (Python refuses str() past 4300)
+
+
+def utc_now() -> str:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def parse_utc(text: str) -> datetime.datetime:
+    """The inverse of utc_now(). fromisoformat, not strptime: _strptime drags in calendar and locale."""
+    if not text.endswith("Z"):
+        raise ValueError(f"not a UTC timestamp: {text!r}")
+    return datetime.datetime.fromisoformat(text[:-1]).replace(tzinfo=datetime.timezone.utc)
 
 
 def representable(text: str) -> str:

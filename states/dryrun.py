@@ -12,9 +12,8 @@ from typing import Any, Callable, TypeVar
 
 from statemachine.context import Context
 from statemachine.errors import AgentError, RecoverableError
-from statemachine.machine import PHASES
+from statemachine.machine import PHASES, Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
 from statemachine.runner import within_budget
 from states import configuring, goalstate, network_wait
 from states.configure import registry

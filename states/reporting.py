@@ -25,7 +25,7 @@ from statemachine.health import (
 )
 from statemachine.log import fields
 from statemachine.persistence import Record
-from statemachine.timeutil import utc_now
+from statemachine.text import utc_now
 from states import goalstate
 from states.goalstate import GoalState
 

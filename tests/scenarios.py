@@ -365,7 +365,7 @@ def run_fault(fault: Fault, tmp: Path) -> Result:
 
 def _valid_record_text() -> str:
     from statemachine import persistence
-    from statemachine.phase import Phase
+    from statemachine.machine import Phase
 
     return json.dumps(persistence.to_json(persistence.Record(state=Phase.REPORTING)))
 
@@ -617,7 +617,7 @@ def run_placeholder_uuid(which: str, tmp: Path) -> Result:
 def run_done_record_without_vm_id(tmp: Path) -> Result:
     """A DONE record that names no VM is no proof of this one: provision afresh, report Ready."""
     from statemachine import persistence
-    from statemachine.phase import Phase
+    from statemachine.machine import Phase
 
     with FakeFabric() as fab:
         vm = Env(tmp, fab.url)

@@ -33,7 +33,7 @@ from statemachine.persistence import Record
 from states import configuring
 from states.configure import Facts, hostname, ssh_keys, user
 from states.configure.user import Account
-from states.imds import Instance
+from states.configuring import Instance
 from states.media import OvfEnv
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chown to the admin user needs root")

@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from statemachine import config, persistence, retry, status
 from statemachine.errors import AgentError, ConfigError, GoalStateError, MetadataError, StateFileError
 from statemachine.health import MAX_DESCRIPTION, HealthReport, failure_description, render_health
-from statemachine.phase import Phase
+from statemachine.machine import Phase
 from statemachine.resume import plan_start, with_transition
 from states.configure import Facts, hostname
+from states.configuring import Instance, parse_instance
 from states.goalstate import GoalState, parse_goal_state
-from states.imds import Instance, parse_instance
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VALID_GS = GOAL_STATE.format(incarnation="3", container_id="c-1", instance_id="i-1").encode()

@@ -17,10 +17,9 @@ from lxml import etree
 
 from statemachine import cli, fs, persistence
 from statemachine.errors import StateFileError
-from statemachine.identity import normalize
+from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
-from statemachine.resume import plan_start
+from statemachine.resume import normalize, plan_start
 from statemachine.text import MARK, clean, decode_json, parse_bool
 from states.configure import hostname
 from states.configure.user import Account, reuse_problem, uid_range, validate_name
@@ -208,7 +207,7 @@ def test_shadow_tools_never_run_over_a_planted_link(tmp_path: Path, plant: str) 
     from statemachine.config import Config, PathsConfig, UserConfig
     from statemachine.context import Context
     from states.configure import Facts, user
-    from states.imds import Instance
+    from states.configuring import Instance
 
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)

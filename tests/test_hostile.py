@@ -29,8 +29,8 @@ from scenarios import DEAD_PROXY, wait_for
 from statemachine import fabric as fabric_client
 from statemachine.errors import FabricError, GoalStateError, MetadataError
 from states.configure import Facts, hostname
+from states.configuring import Instance, parse_instance
 from states.goalstate import parse_goal_state
-from states.imds import Instance, parse_instance
 
 IDS = {"incarnation": "7", "container_id": "c-1", "instance_id": "i-1"}
 BODY = GOAL_STATE.format(**IDS)

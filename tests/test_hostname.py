@@ -11,7 +11,7 @@ from statemachine.config import Config, HostnameConfig, PathsConfig
 from statemachine.context import Context
 from statemachine.errors import RecoverableError
 from states.configure import Facts, hostname
-from states.imds import Instance
+from states.configuring import Instance
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def test_sethostname_inside_a_private_uts_namespace(tmp_path: Path) -> None:
         "from statemachine.config import Config, HostnameConfig, PathsConfig\n"
         "from statemachine.context import Context\n"
         "from states.configure import Facts, hostname\n"
-        "from states.imds import Instance\n"
+        "from states.configuring import Instance\n"
         f"root = Path({str(tmp_path)!r})\n"
         "ctx = Context(Config(paths=PathsConfig(root=str(root)), hostname=HostnameConfig(method='sethostname')))\n"
         "hostname.apply(ctx, Facts(Instance(computer_name='ns-host-01')))\n"

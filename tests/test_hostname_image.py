@@ -10,7 +10,7 @@ import pytest
 from statemachine.config import Config, HostnameConfig, PathsConfig
 from statemachine.context import Context
 from states.configure import Facts, hostname
-from states.imds import Instance
+from states.configuring import Instance
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statemachine.errors import MetadataError
-from statemachine.identity import PLACEHOLDERS, normalize, read_vm_id
-from states.imds import parse_instance
+from statemachine.resume import PLACEHOLDERS, normalize, read_vm_id
+from states.configuring import parse_instance
 
 
 def test_gen1_uuid_is_byte_swapped_and_lower_cased() -> None:

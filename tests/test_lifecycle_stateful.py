@@ -27,9 +27,8 @@ from statemachine.config import AgentConfig, Config, FabricConfig, IdentityConfi
 from statemachine.context import Context, Outcome
 from statemachine.errors import AgentError, FabricError
 from statemachine.failpoints import PHASE_POINTS, POINTS
-from statemachine.machine import TRANSITIONS, is_terminal
+from statemachine.machine import ACTIVE, TRANSITIONS, Phase, is_terminal
 from statemachine.persistence import Record
-from statemachine.phase import ACTIVE, Phase
 
 SUCCESS = {t["source"]: t["trigger"] for t in TRANSITIONS if t["trigger"] not in ("fail", "retry_after_failure")}
 FAILPOINTS = sorted({*POINTS, *(f"{p.value}.{w}" for p in ACTIVE for w in PHASE_POINTS)})

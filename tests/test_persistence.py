@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from statemachine import persistence
 from statemachine.errors import StateFileError
+from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
 
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)
 opt_text = st.none() | text

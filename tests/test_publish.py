@@ -18,7 +18,7 @@ from statemachine.config import Config, ConfigureConfig, HostnameConfig, PathsCo
 from statemachine.context import Context
 from statemachine.errors import ConfigError, RecoverableError
 from states.configure import Facts, publish, registry
-from states.imds import Instance
+from states.configuring import Instance
 
 ROUTES = ("Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
           "eth0\t00000000\t0100A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n"

@@ -15,8 +15,8 @@ from statemachine.config import AgentConfig, Config, FabricConfig, IdentityConfi
 from statemachine.context import Context, Outcome
 from statemachine.errors import AgentError, FabricError, GoneError, LockError, NotListeningError
 from statemachine.lock import RunLock
+from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
 
 SUCCESS = {Phase.NETWORK_WAIT: "network_up", Phase.GOALSTATE: "goal_state_received",
            Phase.REPORTING: "reported", Phase.CONFIGURING: "configured"}

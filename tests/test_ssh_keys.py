@@ -16,7 +16,7 @@ from statemachine.errors import ConfigureError, RecoverableError
 from states.configure import Facts, ssh_keys
 from states.configure.ssh_keys import check_key, key_identity, merge_authorized_keys, resolve_path
 from states.configure.user import Account
-from states.imds import Instance, PublicKey
+from states.configuring import Instance, PublicKey
 
 UID = GID = 4321
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to the user needs root")

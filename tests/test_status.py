@@ -20,10 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scenarios import wait_for
 
-from statemachine import arguments, cli, optout, persistence, status
+from statemachine import arguments, cli, persistence, status
+from statemachine import resume as optout
 from statemachine.lock import RunLock
+from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
 
 DOC = REPO / "docs" / "operations-status.md"
 

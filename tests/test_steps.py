@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from statemachine.config import Config, ConfigureConfig, FabricConfig, PathsConfig
 from statemachine.context import Context
 from statemachine.errors import ConfigError, HostnameError, NoRouteError, NotListeningError, RecoverableError
+from statemachine.machine import Phase
 from statemachine.persistence import Record
-from statemachine.phase import Phase
 from statemachine.resume import fresh_record, plan_start, with_transition
 from states import configuring, network_wait
 from states.configure import Facts
-from states.imds import Instance
+from states.configuring import Instance
 
 NOW = "2026-01-01T00:00:00.000Z"
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from statemachine.health import REPORT_KEY, event_key, report_fields, success_report
-from statemachine.kvp import MAX_KEY_BYTES, KvpPool
-from statemachine.telemetry import Telemetry
+from statemachine.kvp import MAX_KEY_BYTES, KvpPool, Telemetry
 
 
 def telemetry(tmp_path: Path) -> Telemetry:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from statemachine.timeutil import parse_utc, utc_now
+from statemachine.text import parse_utc, utc_now
 
 
 @given(st.datetimes(min_value=datetime.datetime(1970, 1, 1), max_value=datetime.datetime(9999, 1, 1)))

@@ -14,7 +14,7 @@ from statemachine.config import Config, PathsConfig, UserConfig
 from statemachine.context import Context
 from statemachine.errors import ConfigureError, RecoverableError
 from states.configure import Facts, user
-from states.imds import Instance
+from states.configuring import Instance
 from states.media import OvfEnv
 
 pytestmark = pytest.mark.skipif(

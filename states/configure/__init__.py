@@ -13,9 +13,9 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from statemachine.context import Context
-from states.imds import Instance
 
-if TYPE_CHECKING:  # states.media imports lxml; the facts only carry its result
+if TYPE_CHECKING:  # annotations only: states.configuring imports this package, states.media imports lxml
+    from states.configuring import Instance
     from states.media import OvfEnv
 
 

@@ -48,7 +48,7 @@ import pcap  # noqa: E402
 import seed  # noqa: E402
 from fakefabric import FakeFabric  # noqa: E402
 
-from statemachine.identity import normalize  # noqa: E402
+from statemachine.resume import normalize  # noqa: E402
 
 CACHE = Path(os.environ.get("AZPROV_BOOT_CACHE", "/var/cache/azprov-boot"))
 BOOT_TIMEOUT = float(os.environ.get("AZPROV_BOOT_TIMEOUT", "600"))
