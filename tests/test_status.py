@@ -20,8 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scenarios import wait_for
 
-from statemachine import arguments, cli, persistence, status
-from statemachine import resume as optout
+from statemachine import arguments, cli, persistence, resume, status
 from statemachine.lock import RunLock
 from statemachine.machine import Phase
 from statemachine.persistence import Record
@@ -131,7 +130,7 @@ def test_every_situation_carries_every_key_and_a_documented_state(box: Box,
     assert code == 1 and data["state"] == "unknown" and "not valid JSON" in data["last_error"]["reason"]
     seen.append(data)
     box.state_file.unlink()
-    (box.root / optout.MARKER).touch()
+    (box.root / resume.MARKER).touch()
     seen.append(box.json(capsys)[1])
     for data in seen:
         assert set(data) == set(status.KEYS)
@@ -177,10 +176,10 @@ def test_not_started_has_nulls_and_empty_lists(box: Box, capsys: pytest.CaptureF
 # ---- opted out -----------------------------------------------------------------------------------------------
 
 def test_marker_file_under_root_means_disabled(box: Box, capsys: pytest.CaptureFixture[str]) -> None:
-    (box.root / optout.MARKER).touch()
+    (box.root / resume.MARKER).touch()
     code, data = box.json(capsys)
     assert code == 0 and data["state"] == "disabled"
-    assert str(box.root / optout.MARKER) in data["disabled_reason"]
+    assert str(box.root / resume.MARKER) in data["disabled_reason"]
     code, out, _ = box.main(capsys, "--status")
     assert code == 0 and out.startswith("state:            disabled") and "marker file" in out
     code, _, _ = box.main(capsys, "status", "--wait", "--timeout", "5")  # returns at once, no timeout
@@ -192,8 +191,8 @@ def test_kernel_command_line_means_disabled(box: Box, tmp_path: Path) -> None:
     cmdline.write_text("console=ttyS0 azprov=disabled quiet\n")
     data, code = status.snapshot(box.state_file, box.root, cmdline=cmdline)
     assert code == 0 and data["state"] == "disabled" and "kernel command line" in data["disabled_reason"]
-    assert optout.kernel_disabled("a azprov=disabled") and not optout.kernel_disabled("azprov=disabledx")
-    assert not optout.kernel_disabled("xazprov=disabled")
+    assert resume.kernel_disabled("a azprov=disabled") and not resume.kernel_disabled("azprov=disabledx")
+    assert not resume.kernel_disabled("xazprov=disabled")
     # A finished record keeps its state; the opt-out is still said.
     box.save(record(Phase.FAILED, last_error={"reason": "boom", "data": {}}))
     data, code = status.snapshot(box.state_file, box.root, cmdline=cmdline)
