@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
+import hypothesis
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,9 +214,10 @@ def make_vm(tmp_path: Path) -> Callable[[str], Env]:
 
 # ---- property tests: fewer examples in `make test`, all of them in `make test-slow` ----------------------------
 
-# `make test` tries each property with a quarter of the examples its settings ask for (at least 20, or all of
-# them when fewer are asked): the quick suite still shows a broken property at once, most of the time. `make
-# test-slow` sets AZPROV_PROPERTY_EXAMPLES=full and runs every property test again with all its examples.
+# `make test` tries each property with a quarter of the examples it asks for (at least 20, or all of them when
+# fewer are asked): the quick suite still shows a broken property at once, most of the time. `make test-slow`
+# sets AZPROV_PROPERTY_EXAMPLES=full and runs every property test again with all its examples. Tests that
+# name a count wrap it in `examples()`; the rest take the profile's.
 FULL_EXAMPLES = os.environ.get("AZPROV_PROPERTY_EXAMPLES") == "full"
 
 
@@ -223,28 +225,9 @@ def quick_examples(asked: int) -> int:
     return max(min(asked, 20), asked // 4)
 
 
-def _fewer_examples(current: Any) -> Any:
-    from hypothesis import settings
-
-    return settings(current, max_examples=quick_examples(current.max_examples))
+def examples(asked: int) -> int:
+    return asked if FULL_EXAMPLES else quick_examples(asked)
 
 
-@pytest.hookimpl(trylast=True)  # after Hypothesis's own hook has marked its tests
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if FULL_EXAMPLES:
-        return
-    done: set[int] = set()
-    for item in items:
-        if item.get_closest_marker("hypothesis") is None or item.get_closest_marker("slow") is not None:
-            continue
-        test = getattr(item, "obj", None)
-        case = getattr(item, "cls", None)
-        if getattr(test, "__name__", "") == "runTest" and case is not None and hasattr(case, "settings"):
-            if id(case) not in done:  # a RuleBasedStateMachine's TestCase: public, per class
-                done.add(id(case))
-                case.settings = _fewer_examples(case.settings)
-        elif hasattr(test, "_hypothesis_internal_use_settings") and id(test) not in done:
-            # @given keeps its settings on the wrapper; parametrised cases share it, so change it once.
-            done.add(id(test))
-            test._hypothesis_internal_use_settings = _fewer_examples(  # type: ignore[union-attr]
-                test._hypothesis_internal_use_settings)  # type: ignore[union-attr]
+hypothesis.settings.register_profile("azprov", max_examples=examples(hypothesis.settings.default.max_examples))
+hypothesis.settings.load_profile("azprov")

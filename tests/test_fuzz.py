@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, examples
 from fakefabric import GOAL_STATE
 from healthparse import parse_health
 from hypothesis import HealthCheck, given, settings
@@ -29,7 +29,7 @@ from states.configure import Facts, hostname
 from states.configuring import Instance, parse_instance
 from states.goalstate import GoalState, parse_goal_state
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VALID_GS = GOAL_STATE.format(incarnation="3", container_id="c-1", instance_id="i-1").encode()
 VALID_HEALTH = render_health(HealthReport("3", "c-1", "i-1", "Ready"))
 

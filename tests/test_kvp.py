@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -90,7 +91,7 @@ def test_encode_raises_only_kvp_error(key: str, value: str) -> None:
     assert decode_pool(b"".join(records)) == [KvpRecord(key, value, parts=len(records))]
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(key=KEYS, value=TEXT)
 def test_encode_decode_round_trip(key: str, value: str) -> None:
     records = encode(key, value)
@@ -98,7 +99,7 @@ def test_encode_decode_round_trip(key: str, value: str) -> None:
     assert [KvpRecord(key, value, parts=len(records))] == decode_pool(b"".join(records))
 
 
-@settings(max_examples=100)
+@settings(max_examples=examples(100))
 @given(st.lists(st.tuples(KEYS, TEXT), max_size=6))
 def test_many_items_round_trip_in_order(items: list[tuple[str, str]]) -> None:
     data = b"".join(r for k, v in items for r in encode(k, v))
@@ -329,5 +330,5 @@ class PoolMachine(RuleBasedStateMachine):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-PoolMachine.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None)
+PoolMachine.TestCase.settings = settings(max_examples=examples(40), stateful_step_count=12, deadline=None)
 test_pool_state_machine = PoolMachine.TestCase

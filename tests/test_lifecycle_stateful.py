@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hypothesis
 import pytest
-from conftest import FakeClock
+from conftest import FakeClock, examples
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -158,7 +158,7 @@ class Boots(RuleBasedStateMachine):
         assert record.boot_attempts <= MAX_BOOT_ATTEMPTS and record.runs >= 1
 
 
-Boots.TestCase.settings = settings(max_examples=40, stateful_step_count=6, deadline=None,
+Boots.TestCase.settings = settings(max_examples=examples(40), stateful_step_count=6, deadline=None,
                                    suppress_health_check=list(hypothesis.HealthCheck))
 TestBoots = Boots.TestCase
 

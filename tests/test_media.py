@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -139,7 +139,7 @@ def test_bad_boolean_is_rejected() -> None:
         media.parse_ovf_env(_doc(inner))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.binary(max_size=600))
 def test_any_bytes_raise_only_media_error(body: bytes) -> None:
     try:
@@ -308,7 +308,7 @@ _value = st.text(st.characters(exclude_categories=["Cc", "Cs", "Cn"]), min_size=
     lambda s: s.strip() == s)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(prefix=st.from_regex(r"[a-z]{1,6}", fullmatch=True), host=_value, name=_value,
        password=st.none() | _value, disable=st.none() | st.booleans(), data=st.none() | st.binary(max_size=64))
 def test_built_documents_round_trip(prefix: str, host: str, name: str, password: str | None,

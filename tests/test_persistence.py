@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +37,7 @@ records = st.builds(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(record=records)
 def test_save_then_load_round_trips_and_leaves_no_temp_files(tmp_path_factory: pytest.TempPathFactory,
                                                              record: Record) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conftest import examples
 from healthparse import parse_health
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,13 +28,13 @@ def render_goal_state(gs: GoalState) -> bytes:
     return bytes(etree.tostring(root, xml_declaration=True, encoding="utf-8"))
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.builds(GoalState, xml_text, xml_text, xml_text))
 def test_goal_state_round_trip(gs: GoalState) -> None:
     assert parse_goal_state(render_goal_state(gs)) == gs
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.builds(HealthReport, xml_text, xml_text, xml_text, st.sampled_from(["Ready", "NotReady"]),
                  st.none() | st.sampled_from(["ProvisioningFailed", "Provisioning"]), st.none() | xml_text))
 def test_health_round_trip(report: HealthReport) -> None:
@@ -44,7 +45,7 @@ def test_health_round_trip(report: HealthReport) -> None:
     assert parse_health(render_health(report)) == expected
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_raise_only_goal_state_error(body: bytes) -> None:
     try:
@@ -53,7 +54,7 @@ def test_arbitrary_bytes_raise_only_goal_state_error(body: bytes) -> None:
         pass
 
 
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 @given(st.text(max_size=200))
 def test_arbitrary_text_raises_only_goal_state_error(text: str) -> None:
     for parse in (parse_goal_state, parse_health):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import examples
 from fakefabric import FakeFabric
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -179,7 +180,7 @@ def test_a_bug_in_saving_does_not_cost_the_ready(nth: int, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(schedule=st.lists(st.tuples(st.sampled_from(crash_points()), st.sampled_from(["kill", "exit"])),
                          min_size=1, max_size=3))
 def test_any_crash_schedule_then_a_clean_boot_ends_done(schedule: list[tuple[tuple[str, int], str]],

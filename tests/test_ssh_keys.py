@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -107,7 +108,7 @@ existing_text = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(existing_text, st.lists(keys, max_size=6))
 def test_merge_twice_equals_once_and_loses_nothing(existing: str, new: list[str]) -> None:
     once = merge_authorized_keys(existing, new)
@@ -137,7 +138,7 @@ def make_home(root: Path, name: str = "azureuser") -> Account:
 
 
 @needs_root
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(existing=existing_text, new=st.lists(keys, max_size=5))
 def test_install_twice_equals_once(tmp_path_factory: pytest.TempPathFactory, existing: str,
                                    new: list[str]) -> None:

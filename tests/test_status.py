@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Env
+from conftest import REPO, Env, examples
 from fakefabric import FakeFabric
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -138,7 +138,7 @@ def test_every_situation_carries_every_key_and_a_documented_state(box: Box,
     assert "unknown" in status.STATES and "`unknown`" in DOC.read_text()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(state=st.sampled_from([None, *Phase]), pid=st.one_of(st.none(), st.integers(1, 1 << 22)),
        disabled=st.one_of(st.none(), st.just("marker file /etc/azprov/disabled exists")),
        recoverable=st.booleans(), booted=st.one_of(st.none(), st.floats(0, 4e9)),
