@@ -188,7 +188,8 @@ INTRO = (HOW + " (the console script's entry, `python -m statemachine.launch`) a
          "steps over a temporary root; as expected also means no run past "
          f"{scenarios.HANG_BOUND:.0f} s, a planted link's outside tree unchanged byte for byte (SHA-256 of "
          "names, types, modes, owners and contents), no outside secret copied in, the refusal named in the "
-         "journal and, for a configure step's, in `recoverable_errors`; a placeholder UUID's VM id from IMDS "
+         "journal and in `recoverable_errors` (a configure step's or KVP's), or for the state dir in "
+         "`--status --json`; a placeholder UUID's VM id from IMDS "
          "`vmId` (`--status --json` `vm_id_source`) and no fabric request on the second boot (max time covers both "
          "boots); a refused name in the ProvisioningFailed description.")
 

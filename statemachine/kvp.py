@@ -157,8 +157,8 @@ class KvpPool:
     """Appends records to one pool file. Never raises and never waits twice: KVP must not be why
     provisioning fails or is late. The file is reached from `root` through `statemachine.fs`, so a
     symlinked pool or pool directory, a hard-linked pool, a FIFO or a socket in its place is refused
-    (once, logged) instead of followed or waited on; after any failure the pool is left alone for the
-    rest of the run."""
+    (once, logged, and kept in `problem` for the record's recoverable errors) instead of followed or
+    waited on; after any failure the pool is left alone for the rest of the run."""
 
     def __init__(self, path: Path, boot: Callable[[], float | None] = boot_time,
                  lock_wait: float = LOCK_WAIT, sleep: Callable[[float], None] = time.sleep,
@@ -172,7 +172,7 @@ class KvpPool:
         self.lock_wait = lock_wait
         self.sleep = sleep
         self._said_absent = False
-        self._said_failed = False
+        self.problem: KvpError | None = None  # why the pool was given up on, for the record
         self._stale_checked = False
 
     def write(self, items: Iterable[tuple[str, str]]) -> bool:
@@ -182,16 +182,16 @@ class KvpPool:
         except KvpError as e:
             log.warning("KVP record not written", extra=fields(reason=str(e)))
             return False
-        if self._said_failed:
+        if self.problem is not None:
             return False
         try:
             fd = fs.open_append(self.base, self.rel, 0o644)
             if fd is not None:
                 self._append(fd, b"".join(records))
         except (OSError, AgentError) as e:  # KvpError, fs.Refused
-            log.warning("KVP pool not writable; telemetry lost for this run", extra=fields(
-                path=str(self.path), error=getattr(e, "strerror", None) or str(e)))
-            self._said_failed = True
+            self.problem = KvpError("KVP pool not writable; telemetry lost for this run", path=str(self.path),
+                                    error=getattr(e, "strerror", None) or str(e))
+            log.warning(self.problem.reason, extra={"fields": self.problem.supporting_data})
             return False
         if fd is None:
             if not self._said_absent:  # once: on a non-Hyper-V machine this is normal, not news
@@ -282,6 +282,11 @@ class Telemetry:
         self.seq += 1
         key = event_key(self.vm_id, kind, name, self.run_id, self.seq)
         self.pool.write([(key, event_value(name, kind, result, duration_s, msg, self.clock()))])
+
+    @property
+    def problem(self) -> KvpError | None:
+        """Why the pool was given up on in this run (a refused link, a FIFO, a full disk), if it was."""
+        return self.pool.problem if self.pool is not None else None
 
     def entered(self, state: str, msg: str = "") -> None:
         self._event("enter", state, "-", None, msg)

@@ -149,22 +149,41 @@ def ensure_state_dir(state_dir: Path) -> None:
         state_dir.parent.mkdir(parents=True, exist_ok=True)  # /var/lib: the system's, trusted as given
         if not os.path.lexists(state_dir):
             fs.make_dir(state_dir.parent, state_dir.name, 0o700)
-        st = os.lstat(state_dir)
     except fs.Refused as e:
         raise StateFileError("state directory is not a directory", path=str(state_dir),
                              found=e.supporting_data.get("found")) from e
     except OSError as e:
         raise StateFileError("state directory cannot be created", path=str(state_dir), error=e.strerror) from e
-    if not stat.S_ISDIR(st.st_mode):
-        raise StateFileError("state directory is not a directory", path=str(state_dir))
-    if st.st_uid != os.geteuid():
-        raise StateFileError("state directory is owned by another user", path=str(state_dir), uid=st.st_uid)
-    if st.st_mode & 0o077:
+    st = check_state_dir(state_dir)
+    if st is not None and st.st_mode & 0o077:
         try:
             os.chmod(state_dir, 0o700)  # ours, but too open: tighten rather than refuse
         except OSError as e:
             raise StateFileError("state directory mode cannot be fixed", path=str(state_dir),
                                  error=e.strerror) from e
+
+
+def check_state_dir(state_dir: Path, *, owner: bool = True) -> os.stat_result | None:
+    """Refuse what a run refuses in a state directory, creating and changing nothing (`--status` asks too,
+    so that it never reads a record through a planted link): a link or anything else that is not a
+    directory, and with `owner` one owned by another user. None: there is none yet."""
+    try:
+        st = os.lstat(state_dir)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StateFileError("state directory cannot be read", path=str(state_dir), error=e.strerror) from e
+    if not stat.S_ISDIR(st.st_mode):
+        try:
+            parent = os.open(state_dir.parent, os.O_RDONLY | os.O_DIRECTORY)
+            found: str | None = fs.what_is(parent, state_dir.name)
+            os.close(parent)
+        except OSError:
+            found = None
+        raise StateFileError("state directory is not a directory", path=str(state_dir), found=found)
+    if owner and st.st_uid != os.geteuid():
+        raise StateFileError("state directory is owned by another user", path=str(state_dir), uid=st.st_uid)
+    return st
 
 
 def read_bytes(path: Path) -> bytes | None:

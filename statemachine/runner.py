@@ -73,9 +73,18 @@ class Runner:
 
     def _on_change(self) -> None:
         self.record = with_transition(self.record, self.agent.state, self._event, utc_now())
-        self.store.save(self.record)
+        self._save()
         log.info("state changed", extra=fields(state=self.agent.state.value, event=self._event))
         self._tell_host()
+
+    def _save(self) -> None:
+        """Every save of the run: a KVP pool given up on in this run joins the recoverable errors first
+        (once), so `--status` and the record say what was refused, not only the journal."""
+        problem = self.ctx.events().problem
+        if problem is not None and not any(e.get("step") == "kvp" for e in self.record.recoverable_errors):
+            self.record = self.record._replace(
+                recoverable_errors=(*self.record.recoverable_errors, {"step": "kvp", **problem.as_dict()}))
+        self.store.save(self.record)
 
     def _tell_host(self) -> None:
         """KVP: the state just left and the one entered, one event each (the host's view of the run)."""
@@ -105,7 +114,7 @@ class Runner:
             self._left_told = True  # a FAILED record was left by an earlier run
             self._fire("retry_after_failure")  # saves, and tells the host, from the hook; False: attempts used
         elif not ends_run(record.state):
-            self.store.save(record)
+            self._save()
             self.ctx.events().vm_id = record.vm_id
             self.ctx.events().entered(record.state.value, _how_started(record))
         try:
@@ -116,7 +125,7 @@ class Runner:
                 self.record = self.record._replace(last_error={
                     "reason": "terminated by a signal before provisioning finished",
                     "data": {"signal": t.signum}, "state": self.agent.state.value, "at": utc_now()})
-            self.store.save(self.record)
+            self._save()
             log.warning("terminated; the next run resumes here", extra=fields(state=self.agent.state.value))
             t.logged = True
             self.ctx.events().left(self.agent.state.value, "terminated", self.ctx.clock() - self._entered_at,
@@ -138,7 +147,7 @@ class Runner:
         self.record = self.record._replace(last_error=error_entry(e, phase), updated_at=utc_now())
         log.warning("step failed; retrying", extra=fields(state=phase.value, reason=str(e),
                                                            attempt=self.record.attempts, delay_s=round(delay, 3)))
-        self.store.save(self.record)
+        self._save()
 
     def _turn(self, phase: Phase) -> None:
         spec = PHASES[phase]
@@ -162,7 +171,7 @@ class Runner:
         self.record = self.record._replace(**outcome.updates)
         if outcome.event is None:  # progress inside the phase (one configure step done)
             self.record = self.record._replace(attempts=0, updated_at=utc_now())
-            self.store.save(self.record)
+            self._save()
             return
         self._fire(outcome.event)
 
@@ -188,7 +197,7 @@ class Runner:
         if phase is not Phase.NETWORK_WAIT and self._report(e):  # unreachable fabric: nobody to tell
             failpoint("fail.after_report")
             self.record = self.record._replace(failure_reported_at=utc_now(), updated_at=utc_now())
-            self.store.save(self.record)
+            self._save()
 
     def _report(self, e: AgentError) -> bool:
         """Keep trying to tell the platform for the report's own budget (the WireServer may be between two

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from statemachine.errors import ConfigError, StateFileError
 from statemachine.lock import lock_holder
 from statemachine.machine import TERMINAL, Phase
-from statemachine.persistence import SCHEMA, Record, load, to_json
+from statemachine.persistence import SCHEMA, Record, check_state_dir, load, to_json
 from statemachine.resume import CMDLINE, boot_time, disabled_reason
 from statemachine.status_text import headline, render_document
 from statemachine.text import parse_utc
@@ -162,6 +162,7 @@ def snapshot(state_file: Path, root: Path, config_error: ConfigError | None = No
     disabled = disabled_reason(root, cmdline)
     pid = lock_holder(state_dir)
     try:
+        check_state_dir(state_dir, owner=os.geteuid() == 0)  # another user's is ordinary for a non-root reader
         record = load(state_file)
     except StateFileError as e:
         data = document(None, None, disabled, config_error=config_error)
@@ -170,7 +171,9 @@ def snapshot(state_file: Path, root: Path, config_error: ConfigError | None = No
         if _permission_problem(e):
             data["detail"] = f"the record cannot be read: {e}; run as root"
             return data, EXIT_NOPERM
-        data["detail"] = f"the record cannot be used: {e}; the next run moves it aside and starts afresh"
+        data["detail"] = (f"{e}: runs provision without a record, so every boot provisions again until it "
+                          "is fixed" if e.reason.startswith("state directory") else
+                          f"the record cannot be used: {e}; the next run moves it aside and starts afresh")
         return data, EXIT_FAILED
     data = document(record, pid, disabled, config_error=config_error, booted=booted(), state_dir=state_dir)
     return data, code_of(data)

@@ -521,15 +521,15 @@ class Plant:
     component: str  # tests/test_fs_family.py's plant(): the path under base that is replaced
     kind: str  # one of test_fs_family.KINDS
     refusal: str  # what the journal must name
-    step: str | None  # the configure step whose recoverable_errors entry names the refusal; None: journal only
+    step: str | None  # the recoverable_errors entry (by step) that names the refusal; None: journal and --status
 
 
 PLANTS = [
     Plant("planted: KVP pool file → absolute symlink outside", "root", "var/lib/hyperv/.kvp_pool_1",
-          "abs_symlink", SYMLINK, None),
-    Plant("planted: KVP pool file is a FIFO", "root", "var/lib/hyperv/.kvp_pool_1", "fifo", "a FIFO", None),
+          "abs_symlink", SYMLINK, "kvp"),
+    Plant("planted: KVP pool file is a FIFO", "root", "var/lib/hyperv/.kvp_pool_1", "fifo", "a FIFO", "kvp"),
     Plant("planted: KVP pool dir → relative symlink outside", "root", "var/lib/hyperv", "rel_symlink", SYMLINK,
-          None),
+          "kvp"),
     Plant("planted: state dir → symlink to an outside dir", "tmp", "state", "abs_symlink",
           "state directory is not a directory", None),
     Plant("planted: admin's ~/.ssh → absolute symlink outside", "root", "home/azureuser/.ssh", "abs_symlink",
@@ -583,6 +583,8 @@ def run_plant(case: Plant, tmp: Path) -> Result:
         problems.append(f"refusal not in recoverable_errors for step {case.step}")
     if _host_accounts() != hosts_before:
         problems.append("this machine's account files changed")
+    if linked_state and (status_json(vm).get("last_error") or {}).get("reason") != case.refusal:
+        problems.append("--status did not name the refused state directory")
     result.detail = {"problems": problems, "recoverable_errors": errors}
     return result
 

@@ -300,7 +300,8 @@ def test_a_locked_pool_is_waited_for_once_per_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("plant", ["fifo", "symlink"])
-def test_an_unwritable_pool_never_prevents_the_ready(vm: Env, fabric: FakeFabric, plant: str) -> None:
+def test_an_unwritable_pool_never_prevents_the_ready(vm: Env, fabric: FakeFabric, plant: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     pool_dir = vm.root / "var/lib/hyperv"
     pool_dir.mkdir(parents=True)
     outside = vm.tmp / "outside-pool"
@@ -312,3 +313,23 @@ def test_an_unwritable_pool_never_prevents_the_ready(vm: Env, fabric: FakeFabric
     assert cli.main(["--config", str(vm.config_path)]) == 0
     assert fabric.ready_reports()
     assert outside.read_bytes() == b"keep"
+    capsys.readouterr()
+    assert cli.main(["--config", str(vm.config_path), "--status", "--json"]) == 2  # done, with what was refused
+    [refusal] = json.loads(capsys.readouterr().out)["recoverable_errors"]
+    assert refusal["step"] == "kvp" and refusal["reason"] == "KVP pool not writable; telemetry lost for this run"
+    assert ("FIFO" if plant == "fifo" else "symlink in the path") in refusal["data"]["error"]
+
+
+def test_status_never_reads_through_a_planted_state_dir(vm: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    outside = vm.tmp / "outside-state"
+    outside.mkdir()
+    (outside / "state.json").write_text('{"schema": 1, "state": "done"}')
+    if vm.state_dir.exists():
+        vm.state_dir.rmdir()
+    vm.state_dir.symlink_to(outside)
+    assert cli.main(["--config", str(vm.config_path), "--status", "--json"]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["state"] == "unknown"
+    assert shown["last_error"]["reason"] == "state directory is not a directory"
+    assert shown["last_error"]["data"]["found"] == f"a symlink to {str(outside)!r}"
+    assert "every boot provisions again" in shown["detail"]
