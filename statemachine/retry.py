@@ -7,9 +7,10 @@ a property of its type (`retryable`, `pace`, `at_once`, `retry_after`); this mod
 The paces, each chosen for what a retry costs the other side:
 - no route yet (ENETUNREACH & co: no packet leaves the VM): poll tightly, so Ready follows the DHCP lease
   within milliseconds;
-- refused or timed-out connects (a round trip to the host each): full jitter up to half a second, so a
-  scale set booting after an outage does not hammer a fabric that is restarting, yet is back within about
-  half a second of it listening again;
+- refused or timed-out connects (a round trip to the host each): full jitter up to 0.3 s, so a scale set
+  booting after an outage asks a restarting fabric about six times a second per VM rather than hundreds,
+  yet is back within 0.3 s of it listening again (a fleet of 200 on two cores then needs about a second
+  more to get every Ready through the CPU);
 - the WireServer's 5xx: quick first retries (a single VM recovers fast), growing to a cap;
 - IMDS (throttles at about 5 requests/s per VM): full jitter from 100 ms under a ceiling that doubles, so
   VMs booted together spread out;
@@ -99,7 +100,7 @@ WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)  # 5xx three tim
 # IMDS: the ceiling doubles, so a fleet throttled together thins out within a second or two.
 IMDS = RetryPolicy(initial=0.25, multiplier=2.0, cap=5.0, full_jitter=True, floor=0.1)  # 4 errors: <= 3.75 s
 NO_ROUTE = RetryPolicy(initial=0.002, multiplier=1.5, cap=0.005)  # ~50 us of CPU a probe: ~1% of a core
-CONNECT = RetryPolicy(initial=0.01, multiplier=1.5, cap=0.5, full_jitter=True)  # ~4 connects/s once capped
+CONNECT = RetryPolicy(initial=0.01, multiplier=1.5, cap=0.3, full_jitter=True)  # ~6 connects/s once capped
 THROTTLED = RetryPolicy(initial=10.0, multiplier=1.5, cap=20.0, full_jitter=True, floor=1.0)
 # An error's `pace` names its policy here; an empty pace means the phase's own policy.
 PACES = {"no_route": NO_ROUTE, "connect": CONNECT, "wireserver": WIRESERVER, "imds": IMDS, "throttled": THROTTLED}
