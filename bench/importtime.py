@@ -48,16 +48,14 @@ print(time.perf_counter() - t, spent[0], spent[1])
 """
 
 
-LEAN = ("import gc, sys, warnings; gc.disable(); sys.modules['charset_normalizer'] = None; "
-        "sys.modules['chardet'] = None; warnings.filterwarnings('ignore', message='Unable to find acceptable'); "
-        "import requests, lxml.etree, transitions; ")
+LEAN = "import gc; gc.disable(); import requests, lxml.etree, transitions; "
 AZPROV_MODULES = ("statemachine.cli, statemachine.runner, statemachine.fabric, statemachine.machine, "
                   "states.configuring, states.goalstate, states.reporting, states.network_wait, "
                   "states.configure.hostname")
 DECOMPOSITION = (  # label, what it shows
     ("floor", "`import requests, lxml.etree, transitions` (the P2 reference)"),
-    ("lean_floor", "the same with every start-up trick azprov uses: gc off, no charset detector, "
-                   "exit without teardown (os._exit)"),
+    ("lean_floor", "the same with azprov's two process-level settings: gc off during imports, exit without "
+                   "teardown (os._exit)"),
     ("lean_floor_plus_modules", "lean floor + importing azprov's modules on the P2 path (no work done)"),
     ("azprov_run", "a whole azprov provisioning run (P2)"),
 )
