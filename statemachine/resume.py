@@ -75,7 +75,8 @@ def normalize(raw: str, gen1: bool) -> str | None:
     if not _UUID.fullmatch(text) or text.lower() in PLACEHOLDERS:
         return None
     raw_bytes = bytes.fromhex(text.replace("-", ""))
-    if gen1:  # swap the first three fields back (what uuid.UUID(bytes_le=...) does; `uuid` costs ~2 ms)
+    # Gen1: swap the first three fields back, as uuid.UUID(bytes_le=...) would, without importing `uuid` at boot.
+    if gen1:
         raw_bytes = raw_bytes[3::-1] + raw_bytes[5:3:-1] + raw_bytes[7:5:-1] + raw_bytes[8:]
     h = raw_bytes.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
