@@ -363,7 +363,7 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
         dropin = rootfs / "etc/systemd/system/azprov.service.d"
         dropin.mkdir(parents=True)
         (dropin / "early.conf").write_text(EARLY)
-        guest.run(["systemd-analyze", "verify", f"--root={rootfs}", "azprov.service"], log=log)
+        verify_unit(rootfs, log)
         images["azprov-early"] = guest.make_disk(rootfs, work / "image-azprov-early.img")
         shutil.rmtree(dropin)
     if full:
