@@ -204,15 +204,22 @@ def test_refused_imds_reads_connection_refused_everywhere(vm: Env, fabric: FakeF
 
 # ---- config errors -----------------------------------------------------------------------------------------
 
-def test_wrong_type_reads_like_a_compiler_message(tmp_path: Path) -> None:
-    path = tmp_path / "azprov.toml"
-    path.write_text('# comment\n[paths]\nroot = "/"\n\n[fabric]\nimds_url = "http://x"\nnetwork_timeout = "3"\n')
+def load_error(path: Path, text: str) -> ConfigError:
+    """The error loading `text` as the config file at `path` raises (it must raise one)."""
+    path.write_text(text)
     with pytest.raises(ConfigError) as info:
         config.load([path])
-    assert str(info.value) == (f"{path}:7: fabric.network_timeout: configuration value has the wrong type "
-                               "(expected a float, got a string)")
-    assert info.value.reason == "configuration value has the wrong type"
-    assert list(info.value.supporting_data) == ["file", "line", "key", "expected", "got"]
+    return info.value
+
+
+def test_wrong_type_reads_like_a_compiler_message(tmp_path: Path) -> None:
+    path = tmp_path / "azprov.toml"
+    error = load_error(path, '# comment\n[paths]\nroot = "/"\n\n[fabric]\nimds_url = "http://x"\n'
+                             'network_timeout = "3"\n')
+    assert str(error) == (f"{path}:7: fabric.network_timeout: configuration value has the wrong type "
+                          "(expected a float, got a string)")
+    assert error.reason == "configuration value has the wrong type"
+    assert list(error.supporting_data) == ["file", "line", "key", "expected", "got"]
 
 
 @pytest.mark.parametrize(("text", "expected", "got"), [
@@ -224,27 +231,20 @@ def test_wrong_type_reads_like_a_compiler_message(tmp_path: Path) -> None:
     ("[log]\nlevel = 1979-05-27\n", "string", "date"),
 ])
 def test_types_are_named_in_toml_words(tmp_path: Path, text: str, expected: str, got: str) -> None:
-    path = tmp_path / "azprov.toml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as info:
-        config.load([path])
-    assert info.value.supporting_data["expected"] == expected and info.value.supporting_data["got"] == got
-    assert info.value.supporting_data["line"] == 2
-    assert "tuple[" not in str(info.value) and "=str" not in str(info.value)
+    error = load_error(tmp_path / "azprov.toml", text)
+    assert error.supporting_data["expected"] == expected and error.supporting_data["got"] == got
+    assert error.supporting_data["line"] == 2
+    assert "tuple[" not in str(error) and "=str" not in str(error)
 
 
 def test_invalid_value_and_syntax_error_lead_with_the_place(tmp_path: Path) -> None:
     path = tmp_path / "azprov.toml"
-    path.write_text('[fabric]\n\nwireserver_url = "http://x/"\n')
-    with pytest.raises(ConfigError) as info:
-        config.load([path])
-    assert str(info.value) == (f'{path}:3: fabric.wireserver_url: configuration value is invalid (got "http://x/": '
-                               "must be an http:// or https:// URL without a trailing slash)")
-    path.write_text("[fabric]\nnetwork_timeout = \n")
-    with pytest.raises(ConfigError) as info:
-        config.load([path])
-    assert str(info.value).startswith(f"{path}:2: configuration file is not valid TOML (")
-    assert info.value.supporting_data["line"] == 2
+    invalid = load_error(path, '[fabric]\n\nwireserver_url = "http://x/"\n')
+    assert str(invalid) == (f'{path}:3: fabric.wireserver_url: configuration value is invalid (got "http://x/": '
+                            "must be an http:// or https:// URL without a trailing slash)")
+    syntax = load_error(path, "[fabric]\nnetwork_timeout = \n")
+    assert str(syntax).startswith(f"{path}:2: configuration file is not valid TOML (")
+    assert syntax.supporting_data["line"] == 2
 
 
 def test_line_is_omitted_when_not_found() -> None:
