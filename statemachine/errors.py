@@ -133,7 +133,8 @@ class GoneError(FabricError):
 
 class NoRouteError(AgentError):
     """A connect to the WireServer failed locally (no route or address yet: DHCP has not finished). Nothing
-    was sent, so polling tightly costs the fabric nothing and Ready follows the lease at once."""
+    was sent, so retrying at once after the next route change costs the fabric nothing and Ready follows
+    the lease at once."""
 
     retryable = True
     pace = "no_route"

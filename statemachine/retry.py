@@ -99,7 +99,9 @@ def retry_after_spread(attempt: int) -> float:
 WIRESERVER = RetryPolicy(initial=0.1, multiplier=2.0, cap=10.0)  # 5xx three times: Ready within ~1 s
 # IMDS: the ceiling doubles, so a fleet throttled together thins out within a second or two.
 IMDS = RetryPolicy(initial=0.25, multiplier=2.0, cap=5.0, full_jitter=True, floor=0.1)  # 4 errors: <= 3.75 s
-NO_ROUTE = RetryPolicy(initial=0.002, multiplier=1.5, cap=0.005)  # ~50 us of CPU a probe: ~1% of a core
+# No route: the probe itself waited for the kernel's next route change (states.network_wait), so the next
+# try comes at once; where rtnetlink is missing this is a poll at ~50 us of CPU a probe, ~1% of a core.
+NO_ROUTE = RetryPolicy(initial=0.002, multiplier=1.5, cap=0.005)
 CONNECT = RetryPolicy(initial=0.01, multiplier=1.5, cap=0.3, full_jitter=True)  # ~6 connects/s once capped
 THROTTLED = RetryPolicy(initial=10.0, multiplier=1.5, cap=20.0, full_jitter=True, floor=1.0)
 # An error's `pace` names its policy here; an empty pace means the phase's own policy.

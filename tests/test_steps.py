@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import errno
+import json
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -59,6 +64,47 @@ def test_the_step_probes_once_and_fires_network_up() -> None:
                   probe=lambda host, port, timeout: probes.append((host, port)))
     assert network_wait.step(ctx, Record()).event == "network_up"
     assert probes == [("127.0.0.1", 8080)]
+
+
+# Runs in a fresh network namespace, where loopback starts down: connects to 127.0.0.1 fail with ENETUNREACH
+# as before a DHCP lease. Bringing loopback up adds its address and routes, as a lease does.
+_ROUTE_DRIVER = """
+import json, subprocess, sys, threading
+sys.path.insert(0, sys.argv[1])
+from states import network_wait
+from statemachine.errors import NoRouteError
+out = {}
+changes = network_wait.route_changes()
+out["subscribed"] = changes is not None
+out["quiet"] = network_wait.wait_for_change(changes, 0.2)
+try:
+    network_wait.connect("127.0.0.1", 9, 0.2)
+except NoRouteError as e:
+    out["before"] = type(e).__name__
+up = threading.Timer(0.3, subprocess.run, (["ip", "link", "set", "lo", "up"],), {"check": True})
+up.start()
+out["woken"] = network_wait.wait_for_change(changes, 60.0)
+up.join()
+try:
+    network_wait.connect("127.0.0.1", 9, 1.0)
+except Exception as e:
+    out["after"] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None, reason="needs unshare and ip")
+def test_without_a_route_the_probe_sleeps_until_the_kernel_adds_one(tmp_path: Path) -> None:
+    driver = tmp_path / "driver.py"
+    driver.write_text(_ROUTE_DRIVER)
+    proc = subprocess.run(["unshare", "--net", sys.executable, str(driver), str(REPO)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Subscribed; nothing changes by itself; no route is NoRouteError; the address and routes that loopback
+    # gains wake the wait (it was given 60 s); then the connect reaches the closed port: not listening.
+    assert got == {"subscribed": True, "quiet": False, "before": "NoRouteError", "woken": True,
+                   "after": "NotListeningError"}
 
 
 def test_the_step_raises_the_probes_error_for_the_runner_to_pace() -> None:

@@ -332,14 +332,29 @@ Before=shutdown.target
 """
 
 
+# Diagnostic variants: the shipped unit's CPU share for the first boot taken back (an even share with the rest
+# of the boot), or replaced by niceness, to measure what each buys.
+FAIR = """[Service]
+CPUWeight=
+"""
+NICE = """[Service]
+CPUWeight=
+Nice=-10
+"""
+
+# Each diagnostic variant is the azprov image plus one drop-in for its unit.
+DROPIN_VARIANTS = {"azprov-unhardened": UNHARDENED, "azprov-early": EARLY, "azprov-fair": FAIR,
+                   "azprov-nice": NICE}
+
+
 FULL_CONFIG = """# boot test: full provisioning
 [configure]
 steps = ["hostname", "user", "ssh_keys"]
 """
 
 
-def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = False,
-                 full: bool = False, deb: bool = False, managers: bool = False, early: bool = False,
+def build_images(work: Path, log: Path, with_seed: bool, dropin_variants: tuple[str, ...] = (),
+                 full: bool = False, deb: bool = False, managers: bool = False,
                  cloud_init: bool = False) -> dict[str, Path]:
     """The azprov image and its variants (unhardened, full provisioning) and the seed-unit image: disks made
     from the cached base, azprov installed as users do; each variant is the same tree plus one file."""
@@ -353,18 +368,12 @@ def build_images(work: Path, log: Path, with_seed: bool, unhardened: bool = Fals
     verify_unit(rootfs, log)
     add_report_unit(rootfs, "azprov.service", log)
     images["azprov"] = guest.make_disk(rootfs, work / "image-azprov.img")
-    if unhardened:
+    for variant in dropin_variants:
         dropin = rootfs / "etc/systemd/system/azprov.service.d"
         dropin.mkdir(parents=True)
-        (dropin / "unhardened.conf").write_text(UNHARDENED)
-        images["azprov-unhardened"] = guest.make_disk(rootfs, work / "image-azprov-unhardened.img")
-        shutil.rmtree(dropin)
-    if early:
-        dropin = rootfs / "etc/systemd/system/azprov.service.d"
-        dropin.mkdir(parents=True)
-        (dropin / "early.conf").write_text(EARLY)
+        (dropin / f"{variant}.conf").write_text(DROPIN_VARIANTS[variant])
         verify_unit(rootfs, log)
-        images["azprov-early"] = guest.make_disk(rootfs, work / "image-azprov-early.img")
+        images[variant] = guest.make_disk(rootfs, work / f"image-{variant}.img")
         shutil.rmtree(dropin)
     if full:
         conf = rootfs / "etc/azprov/azprov.toml.d"
@@ -451,13 +460,22 @@ def manager_variants(rootfs: Path, work: Path, log: Path) -> dict[str, Path]:
     return out
 
 
+def scheduling_dropin() -> str:
+    """azprov's unit's CPU share (Nice=, CPUWeight=), for the `python3 -c pass` reference unit in azprov's
+    images: a reboot compares the two at the same point of the boot with the same share of the CPU."""
+    lines = [line for line in (REPO / "conf/azprov.service").read_text().splitlines()
+             if line.split("=", 1)[0] in {"Nice", "CPUWeight", "IOWeight"}]
+    return "\n[Service]\n" + "".join(f"{line}\n" for line in lines) if lines else ""
+
+
 def add_report_unit(rootfs: Path, unit: str, log: Path) -> None:
     target = rootfs / "usr/local/lib/azprov-boot"
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "guest_report.py", target / "guest_report.py")
     (rootfs / "etc/systemd/system/azprov-boot-report.service").write_text(REPORT_UNIT.format(unit=unit))
     (rootfs / "etc/systemd/system/azprov-boot-ipmon.service").write_text(IPMON_UNIT)
-    (rootfs / "etc/systemd/system/azprov-boot-pyref.service").write_text(PYREF_UNIT)
+    (rootfs / "etc/systemd/system/azprov-boot-pyref.service").write_text(
+        PYREF_UNIT + (scheduling_dropin() if unit == "azprov.service" else ""))
     guest.run(["systemctl", f"--root={rootfs}", "enable", "azprov-boot-report.service",
                "azprov-boot-ipmon.service", "azprov-boot-pyref.service"], log=log)
 
@@ -1035,10 +1053,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="add to the comparison Debian's cloud-init (Azure datasource) in a copy of the guest")
     p.add_argument("--reboots", action="store_true",
                    help="in the comparison, reboot each provisioned azprov VM once (the fast path)")
-    p.add_argument("--early", action="store_true",
-                   help="add to the comparison azprov ordered after local-fs.target only (diagnostic)")
-    p.add_argument("--unhardened", action="store_true",
-                   help="add to the comparison azprov with its sandbox switched off (diagnostic)")
+    p.add_argument("--variant", action="append", default=[], choices=sorted(DROPIN_VARIANTS),
+                   help="add to the comparison azprov with this diagnostic drop-in (see DROPIN_VARIANTS)")
+    p.add_argument("--early", action="append_const", dest="variant", const="azprov-early",
+                   help="the same as --variant azprov-early: ordered after local-fs.target only")
+    p.add_argument("--unhardened", action="append_const", dest="variant", const="azprov-unhardened",
+                   help="the same as --variant azprov-unhardened: its sandbox switched off")
+    p.add_argument("--only", help="comma-separated: compare only these agents (e.g. azprov,azprov-fair)")
     p.add_argument("--record", action="store_true",
                    help="also write docs/boot-results.json and docs/boot-results.md in the repository")
     p.add_argument("--work", type=Path, help="work directory (default: a new one under the cache)")
@@ -1053,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
     images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
-                          unhardened=args.unhardened, early=args.early, full="full-provisioning" in chosen,
+                          dropin_variants=tuple(dict.fromkeys(args.variant)), full="full-provisioning" in chosen,
                           deb="deb" in chosen,
                           cloud_init=args.cloud_init and "compare" in chosen,
                           managers=bool({"publish-dhclient", "publish-no-dbus"} & set(chosen)))
@@ -1073,8 +1094,10 @@ def main(argv: list[str] | None = None) -> int:
         disk = work / f"disk-{name}.img"
         try:
             if name == "compare":
-                variants = (("azprov", "seed") + (("azprov-unhardened",) if args.unhardened else ())
-                            + (("azprov-early",) if args.early else ()) + (("cloud-init",) if args.cloud_init else ()))
+                variants = (("azprov", "seed") + tuple(dict.fromkeys(args.variant))
+                            + (("cloud-init",) if args.cloud_init else ()))
+                if args.only:
+                    variants = tuple(args.only.split(","))
                 got = compare(images, work, kernel, args.repeat, variants, args.reboots)
             else:
                 image = images[variant_of.get(name, "azprov")]
