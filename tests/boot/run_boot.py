@@ -1027,7 +1027,36 @@ def markdown(doc: dict[str, Any]) -> str:
                 pub = notes.get(f"{v}_published", [])
                 removed = notes.get(f"{v}_address_removed", [])
                 lines.append(f"| {v} | {' | '.join(cells)} | {sum(pub)}/{len(pub)} | {removed} |")
+            lines += breakdown_table(s["boots"])
     return "\n".join(lines) + "\n"
+
+
+BREAKDOWN = ("unit starting", "lease (networkd)", "azprov running", "wireserver reachable", "goal state received",
+             "ready reported")
+
+
+def breakdown_table(boots: list[dict[str, Any]]) -> list[str]:
+    """Pure: the guest-clock breakdown of each first boot that has a lease line and a Ready line, ending
+    with the lease line → the `reported Ready` line (logged after the 200), and its median per agent."""
+    rows, per_agent = [], {}
+    for b in boots:
+        t = b.get("guest_timeline_s") or {}
+        lease, ready = t.get("lease (networkd)"), t.get("ready reported")
+        if lease is None or ready is None or not b["boot"].startswith("compare-"):
+            continue
+        t = {**t, "unit starting": b.get("unit_start_guest_s") or t.get("unit starting")}
+        rows.append(f"| {b['boot']} | " + " | ".join(_md2(t.get(k)) for k in BREAKDOWN) + f" | {ready - lease:.2f} |")
+        per_agent.setdefault(b["boot"][len("compare-"):].rsplit("-", 1)[0], []).append(ready - lease)
+    if not rows:
+        return []
+    medians = ", ".join(f"{agent} {sorted(v)[len(v) // 2]:.2f}" for agent, v in per_agent.items())
+    return ["", f"Guest clock (seconds since the kernel started); lease line → Ready, median: {medians}.", "",
+            "| boot | unit start | lease | azprov running | WireServer reachable | goal state | Ready "
+            "| lease → Ready |", "|---|---|---|---|---|---|---|---|", *rows]
+
+
+def _md2(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _md(v: float | None) -> str:
