@@ -846,7 +846,7 @@ def compare(images: dict[str, Path], work: Path, kernel: guest.Kernel, repeat: i
                     s.notes.setdefault(f"{variant}_failed", []).append(str(e)[:300])
                     disk.unlink()
                     continue
-                if reboots and variant == "azprov":
+                if reboots and variant.startswith("azprov"):
                     again = m.boot(f"reboot-{name}", fab, vm)
                     s.notes.setdefault("reboot", []).append(reboot_doc(again))
             boots.append(b)
@@ -1081,7 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cloud-init", action="store_true",
                    help="add to the comparison Debian's cloud-init (Azure datasource) in a copy of the guest")
     p.add_argument("--reboots", action="store_true",
-                   help="in the comparison, reboot each provisioned azprov VM once (the fast path)")
+                   help="in the comparison, reboot each provisioned azprov VM (variants too) once (the fast path)")
     p.add_argument("--variant", action="append", default=[], choices=sorted(DROPIN_VARIANTS),
                    help="add to the comparison azprov with this diagnostic drop-in (see DROPIN_VARIANTS)")
     p.add_argument("--early", action="append_const", dest="variant", const="azprov-early",
