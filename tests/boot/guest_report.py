@@ -67,8 +67,8 @@ def timings() -> dict[str, Any]:
     if os.path.exists(AZPROV):
         if provisioned():  # then it is the fast path: no fabric request, nothing written
             out["azprov (as the unit runs it)"] = timed(AZPROV)
-        # What any run needs before it can tell that there is nothing to do: its arguments, its TOML config,
-        # logging, paths and the JSON record. A later boot cannot cost less than this in Python.
+        # The floor of a later boot: the standard-library modules any run imports before it can tell there
+        # is nothing to do (its arguments, its TOML config, logging, paths, the JSON record).
         out["import argparse, json, logging, pathlib, tomllib"] = timed(
             venv_python, "-c", "import argparse, json, logging, pathlib, tomllib")
         out["azprov --version"] = timed(AZPROV, "--version")
