@@ -214,12 +214,16 @@ DEAD_PROXY = "http://127.0.0.1:9"  # discard port: nothing listens, a connection
 
 
 def _faults() -> Iterator[Fault]:
+    # Four IMDS errors: full jitter under ceilings of 0.25, 0.5, 1 and 2 s may wait up to 3.75 s in all, which
+    # the IMDS budget cuts short with a last try. So such a run may take that whole budget plus its own work.
+    imds_storm_time = FAST["imds_timeout"] + 1.5
     for route in ("goalstate", "health", "imds"):
         after = {"Retry-After": "0.2"}
         # health: a 200 whose body never ends or is too big; the Ready was taken and must not be posted again.
         unreadable_200 = {"status": 200, "body": "x" * 50} if route == "health" else {}
         dup = False
-        yield Fault(f"{route}: 500 storm", {route: storm({"status": 500}, 4)})
+        yield Fault(f"{route}: 500 storm", {route: storm({"status": 500}, 4)},
+                    max_time=imds_storm_time if route == "imds" else Fault.max_time)
         yield Fault(f"{route}: 503 storm, Retry-After", {route: storm({"status": 503, "headers": after}, 4)})
         yield Fault(f"{route}: 429 storm, Retry-After", {route: storm({"status": 429, "headers": after}, 4)})
         yield Fault(f"{route}: hang > per-call timeout", {route: [{"action": "hang", "delay": 5}]}, max_time=4.0)
@@ -240,8 +244,8 @@ def _faults() -> Iterator[Fault]:
                                                                                    + "9" * 5000 + "}}"}]})
     yield Fault("imds: NaN and 1e999 once", {"imds": [{"status": 200, "body": '{"compute": {"a": NaN, "b": 1e999}}'}]})
     yield Fault("imds: nested 100000 deep once", {"imds": [{"status": 200, "body": "[" * 100000 + "]" * 100000}]})
-    yield Fault("imds: 404 for a while", {"imds": storm({"status": 404}, 4)})
-    yield Fault("imds: 410 for a while", {"imds": storm({"status": 410}, 4)})
+    yield Fault("imds: 404 for a while", {"imds": storm({"status": 404}, 4)}, max_time=imds_storm_time)
+    yield Fault("imds: 410 for a while", {"imds": storm({"status": 410}, 4)}, max_time=imds_storm_time)
     yield Fault("imds: 429 for a while, Retry-After",
                 {"imds": storm({"status": 429, "headers": {"Retry-After": "0.2"}}, 4)})
     plain = GOAL_STATE.split("?>", 1)[1].format(incarnation="1", container_id=FakeFabric().container_id,
