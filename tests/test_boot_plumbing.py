@@ -190,3 +190,13 @@ def test_install_into_a_staging_root(tmp_path: Path) -> None:
     assert (dest / "etc/azprov/azprov.toml").read_text() == "# mine\n"
     assert (dest / "usr/lib/systemd/system-preset/90-azprov.preset").exists()
     assert list((dest / "opt/azprov/lib/azprov").glob("lib/python3*/site-packages/statemachine/cli.py"))
+
+
+def test_only_names_unknown_agents_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import run_boot
+
+    with pytest.raises(SystemExit) as info:
+        run_boot.main(["--scenario", "compare", "--only", "azprov,azprov-fast"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--only: unknown agent azprov-fast" in err and "azprov-unhardened" in err

@@ -69,7 +69,7 @@ def test_missing_system_file_means_defaults(tmp_path: Path) -> None:
     ('[fabric]\nnetwork_timeout = "soon"\n', "fabric.network_timeout"),
     ('[fabric]\nnetwork_timeout = true\n', "fabric.network_timeout"),
     ('[fabric]\nnetwork_timeout = -1\n', "fabric.network_timeout"),
-    ('[fabric]\nwireserver_url = "168.63.129.16"\n', "fabric.wireserver_url"),  # parsed and rejected, never contacted
+    ('[fabric]\nwireserver_url = "127.0.0.1"\n', "fabric.wireserver_url"),  # an address is not a URL
     ('[hostname]\nmethod = "bash"\n', "hostname.method"),
     ('[paths]\nroot = "relative"\n', "paths.root"),
     ('[configure]\nsteps = ["hostname", "reboot"]\n', "configure.steps"),

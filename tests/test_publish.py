@@ -105,7 +105,7 @@ def test_publish_is_a_registered_step() -> None:
 
 def test_interface_towards_the_wireserver() -> None:
     assert publish.route_interface(ROUTES) == "eth0"  # through the default route
-    # No default route, only an on-link /7 holding 168.63.129.16 (the boot test's slirp network).
+    # No default route, only an on-link /7 holding the WireServer's address (the boot test's slirp network).
     on_link = ROUTES.splitlines()[0] + "\nens2\t000000A8\t00000000\t0001\t0\t0\t1024\t000000FE\t0\t0\t0\n"
     assert publish.route_interface(on_link) == "ens2"
     # The most specific route wins over the default; then the lowest metric.

@@ -1093,6 +1093,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write docs/boot-results.json and docs/boot-results.md in the repository")
     p.add_argument("--work", type=Path, help="work directory (default: a new one under the cache)")
     args = p.parse_args(argv)
+    # The comparison's agents: the default set and the flags' additions, or exactly those --only names.
+    agents = (("azprov", "seed") + tuple(dict.fromkeys(args.variant)) + (("cloud-init",) if args.cloud_init else ()))
+    if args.only:
+        agents = tuple(dict.fromkeys(a.strip() for a in args.only.split(",") if a.strip()))
+        known = ("azprov", "seed", "cloud-init", *sorted(DROPIN_VARIANTS))
+        unknown = [a for a in agents if a not in known]
+        if unknown or not agents:
+            p.error(f"--only: unknown agent {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
     signal.signal(signal.SIGTERM, _terminated)  # unwind, so `finally` blocks stop QEMU and the fabric
     preflight()
     chosen = args.scenario or [s for s in SCENARIOS if not (s == "compare" and args.no_compare)]
@@ -1102,10 +1110,11 @@ def main(argv: list[str] | None = None) -> int:
     log = work / "build.log"
     say(f"work dir {work}; cache {CACHE}")
     t0 = time.monotonic()
-    images = build_images(work, log, with_seed="compare" in chosen and seed.available(),
-                          dropin_variants=tuple(dict.fromkeys(args.variant)), full="full-provisioning" in chosen,
-                          deb="deb" in chosen,
-                          cloud_init=args.cloud_init and "compare" in chosen,
+    comparing = "compare" in chosen
+    images = build_images(work, log, with_seed=comparing and "seed" in agents and seed.available(),
+                          dropin_variants=tuple(a for a in agents if a in DROPIN_VARIANTS) if comparing else (),
+                          full="full-provisioning" in chosen, deb="deb" in chosen,
+                          cloud_init=comparing and "cloud-init" in agents,
                           managers=bool({"publish-dhclient", "publish-no-dbus"} & set(chosen)))
     kernel = guest.kernel_for(CACHE / "base", CACHE / "kernel")
     say(f"images ready in {time.monotonic() - t0:.0f}s; kernel {kernel.kernel.name}; {' '.join(accel())}")
@@ -1117,17 +1126,13 @@ def main(argv: list[str] | None = None) -> int:
     variant_of = {"full-provisioning": "azprov-full", "publish-dhclient": "azprov-dhclient",
                   "publish-no-dbus": "azprov-nodbus", "deb": "azprov-deb"}
     for name in chosen:
-        if name == "compare" and "seed" not in images:
+        if name == "compare" and "seed" in agents and "seed" not in images:
             say(f"{name}: skipped (no copy of the article at {seed.SEED_DIR})")
             continue
         disk = work / f"disk-{name}.img"
         try:
             if name == "compare":
-                variants = (("azprov", "seed") + tuple(dict.fromkeys(args.variant))
-                            + (("cloud-init",) if args.cloud_init else ()))
-                if args.only:
-                    variants = tuple(args.only.split(","))
-                got = compare(images, work, kernel, args.repeat, variants, args.reboots)
+                got = compare(images, work, kernel, args.repeat, agents, args.reboots)
             else:
                 image = images[variant_of.get(name, "azprov")]
                 machine = Machine(disk=copy_disk(image, disk), kernel=kernel, work=work, accel=accel())
