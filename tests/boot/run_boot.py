@@ -7,7 +7,7 @@ Logic overview:
    would (`make wheelhouse`, `make install DESTDIR=<rootfs> WHEELHOUSE=...`, `systemctl --root preset`), plus a
    test-only unit that writes a report (unit state, `azprov --status --json`, journal) and powers off.
 3. Each boot: a fresh QEMU (TCG unless the CPU shows vmx/svm) with slirp networking (restrict=on, ipv6=off,
-   net=168.0.0.0/7) whose guestfwd rules take 168.63.129.16:80 and 169.254.169.254:80 to relay.py, which only
+   net=168.0.0.0/7) whose guestfwd rules take the WireServer and IMDS addresses (port 80) to relay.py, which only
    connects to the in-process FakeFabric on 127.0.0.1. The guest uses the real default endpoints.
 4. Scenarios: first boot; power cut while the fabric holds the health POST, then boot again;
    reboot of the provisioned VM (no fabric traffic); a new VM from the same disk (-uuid changed); the
